@@ -1,0 +1,101 @@
+"""The ``cascade`` command: one sub-command per job, user errors as one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+
+from agents.datasets import SAMPLE_TAR
+from agents.errors import UserError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from agents.training.trainer import TrainConfig, default_val_path, train
+
+    val = args.val if args.val is not None else default_val_path(args.data)
+    cfg = TrainConfig(
+        model=args.model,
+        data=args.data,
+        out=args.out or f"runs/train/{args.model}",
+        val=val or None,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+        limit=args.limit,
+        command=args.command_line,
+    )
+    path = train(cfg)
+    print(f"checkpoint written: {path}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from agents.evaluation.report import run_eval
+
+    return run_eval(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    parser = argparse.ArgumentParser(prog="cascade", description="Device → edge → cloud inference over MQTT.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a zoo model (all exits jointly), calibrate it, write a checkpoint")
+    p.add_argument("--model", required=True, help="zoo architecture, e.g. device-small")
+    p.add_argument(
+        "--data", required=True, help="training images: ImageFolder tar or folder, or a CIFAR-10 binary root"
+    )
+    p.add_argument("--val", help="calibration/validation images (default: val.tar beside --data; '' for none)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the model's recipe)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the model's recipe)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the model's recipe)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--limit", type=int, help="train on a random subset of this many images")
+    p.add_argument("--out", help="output directory (default runs/train/MODEL); rerun to resume")
+    p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser("eval", help="per-exit accuracy and ECE, per-stage latency, the offline cascade curve")
+    p.add_argument("--model", help="checkpoint: shipped name, directory or .json")
+    p.add_argument("--data", default=str(SAMPLE_TAR), help="images: ImageFolder tar or folder (default: the sample)")
+    p.add_argument("--limit", type=int, help="evaluate the first N images of a seeded shuffle")
+    p.add_argument(
+        "--cascade", help="two checkpoints 'FIRST,SECOND': the first's exits, then the second answers the rest"
+    )
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--plot", help="PNG of accuracy against early-exit fraction (default: beside --json)")
+    p.add_argument("--threads", type=int, help="torch threads for the latency measurement (default: all cores)")
+    p.add_argument("--no-latency", action="store_true", help="skip the per-stage latency measurement")
+    p.set_defaults(handler=_cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cascade`` console script."""
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw)
+    args.command_line = shlex.join(["cascade", *raw])
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except UserError as exc:
+        print(f"cascade: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cascade: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

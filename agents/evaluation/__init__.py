@@ -1,0 +1,1 @@
+"""Offline evaluation: per-exit accuracy and calibration, latency, the cascade curve."""

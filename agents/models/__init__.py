@@ -1,0 +1,1 @@
+"""Staged multi-exit models: the zoo, checkpoints, calibration and costs."""

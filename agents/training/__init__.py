@@ -1,0 +1,1 @@
+"""Training and calibrating zoo models."""

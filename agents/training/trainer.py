@@ -1,0 +1,235 @@
+"""``cascade train``: all exits trained jointly, seeded, resumable, logged per epoch.
+
+Loss: a weighted sum of the exits' cross-entropies (BranchyNet). We chose this over
+distillation from the final exit because it needs no extra teacher pass per batch,
+which matters on two CPU cores, and because the early exits then learn the labels
+rather than the final exit's mistakes; calibration afterwards fixes confidence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from agents.datasets import ImageSet, load_image_set
+from agents.errors import UserError
+from agents.models.calibration import expected_calibration_error, fit_temperature
+from agents.models.checkpoint import save_checkpoint
+from agents.models.inference import exit_logits
+from agents.models.inputs import CIFAR10_MEAN, CIFAR10_STD, to_input
+from agents.models.staged import StagedModel
+from agents.models.zoo import build_model, zoo_entry
+from agents.training.augment import pad_reflect, random_crop_flip
+
+log = logging.getLogger(__name__)
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (recorded in the checkpoint)."""
+
+    model: str
+    data: str
+    out: str
+    val: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    threads: int | None = None
+    limit: int | None = None
+    warmup: float = 0.15
+    command: str = ""
+
+
+def default_val_path(data: str) -> str | None:
+    """``val.tar`` beside a ``train.tar`` (the layout of the shared CIFAR-10 set), else None."""
+    p = Path(data)
+    for name in ("val.tar", "val"):
+        candidate = p.with_name(name)
+        if candidate != p and candidate.exists():
+            return str(candidate)
+    return None
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: float) -> float:
+    """Linear warm-up to ``peak`` over the first ``warmup`` share of steps, then linear decay to zero."""
+    up = max(1, int(total * warmup))
+    if step < up:
+        return peak * (0.1 + 0.9 * step / up)
+    return peak * max(0.0, (total - step) / max(1, total - up))
+
+
+def _evaluate(model: StagedModel, data: ImageSet) -> list[float]:
+    logits = exit_logits(model, data.images)
+    labels = torch.as_tensor(data.labels)
+    return [float((lg.argmax(1) == labels).float().mean()) for lg in logits]
+
+
+def calibrate(model: StagedModel, val: ImageSet) -> list[dict[str, Any]]:
+    """Fit a temperature per exit on ``val``; accuracy and ECE before and after, per exit."""
+    labels = torch.as_tensor(val.labels)
+    result = []
+    for i, logits in enumerate(exit_logits(model, val.images)):
+        t = fit_temperature(logits, labels)
+        result.append(
+            {
+                "index": i,
+                "stage": model.exit_after[i],
+                "accuracy": float((logits.argmax(1) == labels).float().mean()),
+                "temperature": t,
+                "ece_before": expected_calibration_error(logits.softmax(1), labels),
+                "ece": expected_calibration_error((logits / t).softmax(1), labels),
+            }
+        )
+    return result
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train ``cfg.model`` on ``cfg.data``; calibrate on ``cfg.val``; write a checkpoint into ``cfg.out``."""
+    entry = zoo_entry(cfg.model)
+    recipe = entry.recipe
+    epochs = cfg.epochs or recipe.epochs
+    batch_size = cfg.batch_size or recipe.batch_size
+    peak_lr = cfg.lr or recipe.lr
+    if epochs < 1 or batch_size < 1:
+        raise UserError(f"--epochs and --batch-size must be positive, got {epochs} and {batch_size}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    train_set = load_image_set(cfg.data)
+    if cfg.limit:
+        pick = np.random.default_rng(cfg.seed).permutation(len(train_set))[: cfg.limit]
+        train_set = train_set.subset(np.sort(pick))
+    val_set = load_image_set(cfg.val) if cfg.val else None
+    if val_set is not None and val_set.classes != train_set.classes:
+        raise UserError(f"{cfg.val}: classes {val_set.classes} differ from the training set's {train_set.classes}")
+
+    model = build_model(cfg.model, num_classes=len(train_set.classes)).to(memory_format=torch.channels_last)
+    weights = list(recipe.exit_weights) or [1.0] * model.num_exits
+    if len(weights) != model.num_exits:
+        weights = [1.0] * model.num_exits
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=peak_lr,
+        momentum=0.9,
+        nesterov=True,
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+    padded = pad_reflect(to_input(train_set.images).contiguous(), 4)
+    labels = torch.as_tensor(train_set.labels)
+    steps_per_epoch = max(1, len(train_set) // batch_size)
+    total_steps = epochs * steps_per_epoch
+    start_epoch, wall = 0, 0.0
+    state_path = out / STATE_FILE
+    if state_path.exists():
+        # Our own file, written below; weights_only refuses anything but tensors and plain containers.
+        state = torch.load(state_path, weights_only=True)
+        if state["model_name"] != cfg.model:
+            raise UserError(
+                f"{state_path}: holds a run of {state['model_name']!r}, not {cfg.model!r}; use another --out"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, wall = int(state["epoch"]), float(state["wall"])
+        log.info("resuming %s from epoch %d in %s", cfg.model, start_epoch, out)
+
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(train_set), generator=gen)
+        sums = np.zeros(model.num_exits)
+        correct = np.zeros(model.num_exits)
+        seen = 0
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{cfg.model} epoch {epoch + 1}/{epochs}",
+            unit="batch",
+            leave=False,
+            mininterval=1 if sys.stderr.isatty() else 30,
+        )
+        for i in bar:
+            step = epoch * steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, total_steps, peak_lr, cfg.warmup)
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            x = random_crop_flip(padded[idx], 32, gen)
+            y = labels[idx]
+            outputs = model(x)
+            losses = [criterion(o, y) for o in outputs]
+            loss = sum(w * lo for w, lo in zip(weights, losses, strict=True))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(y)
+            for k, (o, lo) in enumerate(zip(outputs, losses, strict=True)):
+                sums[k] += lo.item() * len(y)
+                correct[k] += float((o.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{sums[-1] / seen:.3f}", acc=f"{correct[-1] / seen:.3f}", refresh=False)
+        wall += time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": [round(s / seen, 4) for s in sums],
+            "train_accuracy": [round(c / seen, 4) for c in correct],
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        if val_set is not None:
+            record["val_accuracy"] = [round(a, 4) for a in _evaluate(model, val_set)]
+        with (out / LOG_FILE).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        tqdm.write(f"{cfg.model} epoch {epoch + 1}/{epochs}: " + json.dumps(record))
+        torch.save(
+            {
+                "model_name": cfg.model,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "wall": wall,
+            },
+            state_path.with_suffix(".tmp"),
+        )
+        state_path.with_suffix(".tmp").replace(state_path)
+
+    model.eval()
+    meta: dict[str, Any] = {
+        "classes": list(train_set.classes),
+        "input_shape": list(model.input_shape),
+        "normalisation": {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)},
+        "exit_after_stage": model.exit_after,
+        "training": {
+            **asdict(cfg),
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": peak_lr,
+            "exit_weights": weights,
+            "images": len(train_set),
+            "train_seconds": round(wall, 1),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+        },
+    }
+    if val_set is not None:
+        meta["exits"] = calibrate(model, val_set)
+        meta["calibration_set"] = {"path": cfg.val, "images": len(val_set)}
+    return save_checkpoint(model, meta, out)

@@ -1,0 +1,28 @@
+"""Shared fixtures: the committed CIFAR-10 sample and a per-test cache directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.datasets import SAMPLE_TAR, ImageSet, load_image_set
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Tests never read or write the user's decoded-image cache.
+    monkeypatch.setenv("CASCADE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def sample() -> ImageSet:
+    """The 1,000 committed CIFAR-10 validation images."""
+    return load_image_set(SAMPLE_TAR, use_cache=False)
+
+
+@pytest.fixture(scope="session")
+def sample_path() -> Path:
+    return SAMPLE_TAR

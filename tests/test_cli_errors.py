@@ -1,0 +1,62 @@
+"""User errors: one clear line naming the thing and what was expected, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from agents.models.checkpoint import save_checkpoint
+from agents.models.zoo import build_model
+
+
+def cascade(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agents.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("cascade: error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_unknown_model(tmp_path: Path, sample_path: Path) -> None:
+    proc = cascade("train", "--model", "huge-net", "--data", str(sample_path), "--out", str(tmp_path))
+    assert_one_line_error(proc, "huge-net", "device-small")
+
+
+def test_missing_data_path(tmp_path: Path) -> None:
+    proc = cascade("train", "--model", "device-small", "--data", str(tmp_path / "nothing.tar"))
+    assert_one_line_error(proc, "nothing.tar", "no such file")
+
+
+def test_tar_without_images(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.tar"
+    readme = tmp_path / "README.txt"
+    readme.write_text("no images here")
+    with tarfile.open(empty, "w") as tar:
+        tar.add(readme, arcname="val/README.txt")
+    proc = cascade("eval", "--model", "device-small", "--data", str(empty), "--no-latency")
+    assert_one_line_error(proc, "empty.tar", "no images")
+
+
+def test_checkpoint_whose_architecture_does_not_match(tmp_path: Path, sample_path: Path) -> None:
+    meta_path = save_checkpoint(build_model("device-small"), {"classes": [str(i) for i in range(10)]}, tmp_path)
+    meta = json.loads(meta_path.read_text())
+    meta["architecture"] = "cloud-large"
+    meta_path.write_text(json.dumps(meta))
+    proc = cascade("eval", "--model", str(meta_path), "--data", str(sample_path), "--no-latency")
+    assert_one_line_error(proc, "cloud-large", "do not match")
+
+
+@pytest.mark.parametrize("spec", ["device-small", "a,b,c", ",cloud-large"])
+def test_bad_cascade_spec(spec: str, sample_path: Path) -> None:
+    proc = cascade("eval", "--cascade", spec, "--data", str(sample_path), "--no-latency")
+    assert_one_line_error(proc, "--cascade")
