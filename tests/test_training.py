@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from agents.models.checkpoint import load_checkpoint
 from agents.training.trainer import LOG_FILE, TrainConfig, train
 
@@ -44,3 +46,12 @@ def test_rerun_resumes_from_the_saved_epoch(tmp_path: Path, sample_path: Path) -
     train(TrainConfig(**base, epochs=2))  # type: ignore[arg-type]
     log = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "densenet121"])
+def test_torchvision_backbones_train_with_the_same_command(name: str, tmp_path: Path, sample_path: Path) -> None:
+    meta_path = train(
+        TrainConfig(model=name, data=str(sample_path), val=None, out=str(tmp_path), epochs=1, batch_size=16, limit=32)
+    )
+    model, meta = load_checkpoint(meta_path)
+    assert model.name == name and meta["training"]["images"] == 32

@@ -1,0 +1,1 @@
+"""The wire: envelope codec, topic scheme and the MQTT client wrapper."""
