@@ -137,9 +137,8 @@ def tensor_payload(envelope: Envelope, expected_shape: tuple[int, ...] | None = 
     if expected_shape is not None and tuple(shape) != expected_shape:
         raise MessageError("shape", f"tensor shape {tuple(shape)} where {expected_shape} was expected")
     itemsize = np.dtype(dtype).itemsize
-    if int(np.prod(shape, dtype=np.int64)) * itemsize != len(envelope.payload):
-        raise MessageError(
-            "shape",
-            f"shape {shape} of {dtype} needs {int(np.prod(shape)) * itemsize} bytes, got {len(envelope.payload)}",
-        )
+    # Python integers: a hostile shape cannot overflow the size check.
+    needed = math.prod(shape) * itemsize
+    if needed != len(envelope.payload):
+        raise MessageError("shape", f"shape {shape} of {dtype} needs {needed} bytes, got {len(envelope.payload)}")
     return np.frombuffer(envelope.payload, dtype=dtype).reshape(shape)
