@@ -4,9 +4,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck unit bench clean
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv system-deps test lint typecheck unit bench clean
 
 venv: $(STAMP)
+
+# Services the tests start themselves (mosquitto on a free loopback port).
+system-deps:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +28,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-unit: venv
+unit: venv system-deps
 	$(VENV)/bin/pytest
 
 test: lint typecheck unit

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agents.datasets import SAMPLE_TAR, ImageSet, load_image_set
+from agents.transport.mosquitto import Mosquitto, start_mosquitto
 
 
 @pytest.fixture(autouse=True)
@@ -26,3 +27,10 @@ def sample() -> ImageSet:
 @pytest.fixture(scope="session")
 def sample_path() -> Path:
     return SAMPLE_TAR
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real mosquitto on a free loopback port with the development settings."""
+    with start_mosquitto(tmp_path / "mosquitto") as running:
+        yield running

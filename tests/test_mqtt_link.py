@@ -1,0 +1,94 @@
+"""MqttLink against a real mosquitto: round trip, availability, re-subscription after a broker restart."""
+
+from __future__ import annotations
+
+import queue
+import socket
+from typing import Any
+
+from agents.transport.mosquitto import Mosquitto, broker_config
+from agents.transport.mqtt import LinkSettings, MqttLink
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.items: queue.Queue[tuple[str, bytes]] = queue.Queue()
+
+    def __call__(self, topic: str, payload: bytes, _props: Any) -> None:
+        self.items.put((topic, payload))
+
+    def get(self, timeout: float = 5.0) -> tuple[str, bytes]:
+        return self.items.get(timeout=timeout)
+
+
+def _link(broker: Mosquitto, cid: str, inbox: Inbox, status: str | None = None, protocol: int = 5) -> MqttLink:
+    link = MqttLink(cid, LinkSettings(host=broker.host, port=broker.port, protocol=protocol), inbox, status)
+    link.start()
+    assert link.wait_connected(10)
+    return link
+
+
+def test_generated_config_keeps_the_latency_settings(tmp_path: Any) -> None:
+    conf = broker_config(12345, tmp_path)
+    assert "set_tcp_nodelay true" in conf and "listener 12345 127.0.0.1" in conf
+    assert "listener 1883" not in conf
+
+
+def test_request_response_round_trip_with_nodelay(broker: Mosquitto) -> None:
+    a_in, b_in = Inbox(), Inbox()
+    a = _link(broker, "a", a_in)
+    b = _link(broker, "b", b_in, protocol=4)
+    try:
+        a.subscribe("t/reply")
+        b.subscribe("t/request")
+        sock = a.client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        # Subscriptions are asynchronous; retry the first publish until it arrives.
+        for _ in range(50):
+            a.publish("t/request", b"ping")
+            try:
+                assert b_in.get(0.1) == ("t/request", b"ping")
+                break
+            except queue.Empty:
+                continue
+        b.publish("t/reply", b"pong")
+        assert a_in.get() == ("t/reply", b"pong")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_status_online_then_stopped_and_resubscribe_after_restart(broker: Mosquitto) -> None:
+    watch_in, agent_in = Inbox(), Inbox()
+    watcher = _link(broker, "watcher", watch_in)
+    watcher.subscribe("cascade/test/agents/+/status")
+    agent = _link(broker, "agent-1", agent_in, status="cascade/test/agents/agent-1/status")
+    agent.subscribe("cascade/test/in")
+    try:
+        assert watch_in.get() == ("cascade/test/agents/agent-1/status", b"online")
+        broker.restart()
+        # paho reconnects on its own; the subscription made before the restart must be back.
+        for _ in range(200):
+            if agent.connects >= 2 and watcher.connects >= 2:
+                break
+            agent.connected.wait(0.1)
+            watcher.connected.wait(0.1)
+        assert agent.connects >= 2 and watcher.connects >= 2
+        for _ in range(50):
+            watcher.publish("cascade/test/in", b"after-restart")
+            try:
+                assert agent_in.get(0.1) == ("cascade/test/in", b"after-restart")
+                break
+            except queue.Empty:
+                continue
+        else:
+            raise AssertionError("no message after the broker restart")
+    finally:
+        agent.close()
+    while True:
+        topic, payload = watch_in.get()
+        if payload == b"stopped":
+            assert topic == "cascade/test/agents/agent-1/status"
+            break
+    watcher.close()
