@@ -42,6 +42,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from agents.config import load_config
+
+    cfg = load_config(args.file)
+    print(f"{args.file}: ok (deployment {cfg.deployment!r}, {len(cfg.devices)} devices, tiers {sorted(cfg.tiers)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
     parser = argparse.ArgumentParser(prog="cascade", description="Device → edge → cloud inference over MQTT.")
@@ -75,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads for the latency measurement (default: all cores)")
     p.add_argument("--no-latency", action="store_true", help="skip the per-stage latency measurement")
     p.set_defaults(handler=_cmd_eval)
+
+    p = sub.add_parser("check-config", help="validate a deployment YAML and exit (usable as ExecStartPre=)")
+    p.add_argument("file", help="deployment YAML")
+    p.set_defaults(handler=_cmd_check_config)
     return parser
 
 

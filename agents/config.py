@@ -1,0 +1,193 @@
+"""The deployment file: one YAML describing broker, tiers, models, thresholds, sources and the run directory.
+
+Loaded with ``yaml.safe_load`` (no tags, no code), validated by typed models that
+reject unknown keys. Errors name the file, the key path, the bad value and what was
+expected. Secrets are not read from here: the broker password comes from the
+environment variable named in ``broker.password_env`` or a systemd credential.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agents.errors import UserError
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSConfig(Strict):
+    """Client TLS: CA bundle, optional client certificate and key (paths; the files hold the secrets)."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(False, description="skip host-name verification (test rigs only)")
+
+
+class BrokerConfig(Strict):
+    """Where the MQTT broker is and how to log in."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["3.1.1", "5"] = "5"
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    username: str | None = None
+    password_env: str = Field("CASCADE_MQTT_PASSWORD", description="environment variable holding the password")
+    tls: TLSConfig | None = None
+    max_payload_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError("passwords do not belong in the YAML: set password_env (default CASCADE_MQTT_PASSWORD)")
+        return data
+
+    def password(self) -> str | None:
+        """The password from the environment or ``$CREDENTIALS_DIRECTORY/mqtt-password`` (systemd)."""
+        if value := os.environ.get(self.password_env):
+            return value
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if cred_dir and (Path(cred_dir) / "mqtt-password").is_file():
+            return (Path(cred_dir) / "mqtt-password").read_text().strip()
+        return None
+
+
+class SourceConfig(Strict):
+    """Where frames come from and at what rate."""
+
+    kind: Literal["imagefolder", "torchvision", "video", "camera", "sensor"]
+    path: str | None = Field(None, description="ImageFolder tar or folder, or a video file")
+    dataset: str | None = Field(None, description="torchvision dataset name (kind torchvision)")
+    root: str | None = None
+    download: bool = False
+    train: bool = False
+    camera: int = 0
+    sensor: Name | None = Field(None, description="sensor id to subscribe to (kind sensor)")
+    rate: Literal["max", "fixed", "poisson"] = "max"
+    fps: float | None = Field(None, gt=0)
+    loop: bool = False
+    shuffle: bool = False
+    seed: int = 0
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> SourceConfig:
+        need = {"imagefolder": "path", "video": "path", "torchvision": "dataset", "sensor": "sensor"}
+        key = need.get(self.kind)
+        if key and getattr(self, key) is None:
+            raise ValueError(f"a {self.kind} source needs '{key}'")
+        if self.rate != "max" and self.fps is None:
+            raise ValueError(f"rate {self.rate!r} needs 'fps'")
+        return self
+
+
+class DeviceConfig(Strict):
+    """One device agent."""
+
+    id: Name
+    model: str = "device-small"
+    threshold: Probability | list[Probability] = Field(0.8, description="one for every exit, or one per exit")
+    offload_to: Name = "edge"
+    encoding: Literal["jpeg", "png", "raw"] = "png"
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    deadline_ms: float = Field(2000, gt=0)
+    window: int = Field(16, ge=1, le=4096, description="requests in flight at once")
+    source: SourceConfig
+
+
+class TierConfig(Strict):
+    """An edge or cloud tier: every worker started for it shares the load."""
+
+    model: str
+    threshold: Probability | list[Probability] = 0.0
+    forward_to: Name | None = Field(None, description="next tier for answers below the threshold")
+    max_batch: int = Field(32, ge=1, le=1024)
+    max_wait_ms: float = Field(5.0, ge=0)
+    queue_size: int = Field(1024, ge=1)
+    shared: bool = Field(True, description="use a $share/<tier>/ subscription so workers share requests")
+
+
+class SensorConfig(Strict):
+    """A simulated sensor: ``cascade replay`` publishes its source on its frames topic."""
+
+    id: Name
+    source: SourceConfig
+    encoding: Literal["jpeg", "png", "raw"] = "png"
+
+
+class DeploymentConfig(Strict):
+    """A whole deployment."""
+
+    deployment: Name
+    run_dir: Path = Path("runs")
+    broker: BrokerConfig = BrokerConfig()
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    tiers: dict[Name, TierConfig] = Field(default_factory=dict)
+    sensors: list[SensorConfig] = Field(default_factory=list)
+
+    @field_validator("devices", "sensors")
+    @classmethod
+    def _unique_ids(cls, items: list[Any]) -> list[Any]:
+        ids = [i.id for i in items]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate ids {dupes}")
+        return items
+
+    @model_validator(mode="after")
+    def _references(self) -> DeploymentConfig:
+        for d in self.devices:
+            if d.offload_to not in self.tiers:
+                raise ValueError(f"device {d.id!r} offloads to tier {d.offload_to!r}, which is not under 'tiers'")
+            if d.source.kind == "sensor" and d.source.sensor not in {s.id for s in self.sensors}:
+                raise ValueError(f"device {d.id!r} reads sensor {d.source.sensor!r}, which is not under 'sensors'")
+        for name, t in self.tiers.items():
+            if t.forward_to is not None and t.forward_to not in self.tiers:
+                raise ValueError(f"tier {name!r} forwards to {t.forward_to!r}, which is not under 'tiers'")
+        return self
+
+    def device(self, device_id: str) -> DeviceConfig:
+        """The device called ``device_id``, or a :class:`UserError` listing those configured."""
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise UserError(f"no device {device_id!r} in the config; configured: {[d.id for d in self.devices]}")
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        lines.append(f"{path}: {where}: {err['msg']}{got}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path) -> DeploymentConfig:
+    """Read and validate a deployment file; any problem becomes a :class:`UserError` naming the key path."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise UserError(f"{p}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return DeploymentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_format_errors(p, exc)) from None
