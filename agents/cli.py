@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from agents.datasets import SAMPLE_TAR
 from agents.errors import UserError
@@ -50,6 +51,27 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent(args: argparse.Namespace) -> int:
+    from agents.config import load_config
+
+    cfg = load_config(args.config)
+    agent: Any
+    if args.command == "device":
+        from agents.device import DeviceAgent
+
+        agent = DeviceAgent(cfg, args.id, frames=args.frames)
+    elif args.command == "replay":
+        from agents.replay import Replayer
+
+        agent = Replayer(cfg, args.sensor, frames=args.frames)
+    else:
+        from agents.tier import TierAgent
+
+        agent = TierAgent(cfg, args.tier or args.command, args.id)
+    agent.install_signal_handlers()
+    return int(agent.run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
     parser = argparse.ArgumentParser(prog="cascade", description="Device → edge → cloud inference over MQTT.")
@@ -83,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads for the latency measurement (default: all cores)")
     p.add_argument("--no-latency", action="store_true", help="skip the per-stage latency measurement")
     p.set_defaults(handler=_cmd_eval)
+
+    p = sub.add_parser("device", help="run a device agent")
+    p.add_argument("--config", required=True, help="deployment YAML")
+    p.add_argument("--id", required=True, help="device id (under 'devices')")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.set_defaults(handler=_agent)
+    for tier in ("edge", "cloud"):
+        p = sub.add_parser(tier, help=f"run an {tier} worker" if tier == "edge" else "run a cloud worker")
+        p.add_argument("--config", required=True, help="deployment YAML")
+        p.add_argument("--id", required=True, help="worker id (unique per process)")
+        p.add_argument("--tier", help=f"tier name under 'tiers' (default {tier})")
+        p.set_defaults(handler=_agent)
+    p = sub.add_parser("replay", help="publish a source as a simulated sensor")
+    p.add_argument("--config", required=True, help="deployment YAML")
+    p.add_argument("--sensor", required=True, help="sensor id (under 'sensors')")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.set_defaults(handler=_agent)
 
     p = sub.add_parser("check-config", help="validate a deployment YAML and exit (usable as ExecStartPre=)")
     p.add_argument("file", help="deployment YAML")

@@ -16,6 +16,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class MqttLink:
         self.status_topic = status_topic
         self.connected = threading.Event()
         self.connects = 0
+        self._closing = False
         self._subscriptions: dict[str, int] = {}
         self._lock = threading.Lock()
         self._handler = on_message
@@ -115,7 +117,7 @@ class MqttLink:
         """Queue a message for sending; paho's thread writes it (queued while disconnected)."""
         props = None
         if self.mqtt5 and expiry_s:
-            props = Properties(mqtt.PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.MessageExpiryInterval = max(1, int(expiry_s))
         self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
 
@@ -127,6 +129,7 @@ class MqttLink:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError) as exc:
                 log.warning("final status not confirmed: %s", exc)
+        self._closing = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -146,7 +149,10 @@ class MqttLink:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
-        log.warning("disconnected from broker (%s); reconnecting", reason)
+        if self._closing:
+            log.debug("disconnected from broker (%s)", reason)
+        else:
+            log.warning("disconnected from broker (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._handler(message.topic, message.payload, message.properties)
+        self._handler(message.topic, bytes(message.payload), message.properties)

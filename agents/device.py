@@ -1,0 +1,278 @@
+"""The device agent: early exits locally, offload the rest, exactly one answer per frame.
+
+The worker thread runs the model's exits in order and answers at the first whose
+calibrated confidence reaches its threshold; otherwise it sends the frame to its
+tier and keeps going (up to ``window`` requests in flight). Each request has a
+deadline: when it passes, the device answers with its final local prediction and
+records a timeout; a reply that comes later is counted but changes nothing.
+Duplicates (QoS 1 redelivery) are recognised by request id.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import queue
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agents.config import DeploymentConfig
+from agents.models.inputs import to_input
+from agents.records import FrameRecord, RecordWriter
+from agents.runtime import Agent, CalibratedModel, exit_thresholds
+from agents.sources.base import Frame, open_source, paced
+from agents.transport.envelope import Envelope, MessageError, decode, encode
+from agents.transport.images import decode_frame, encode_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    """A frame whose answer is awaited from another tier."""
+
+    record: FrameRecord
+    deadline: float  # monotonic seconds
+
+
+class DeviceAgent(Agent):
+    """One device: a local model with early exits and an offload path."""
+
+    def __init__(self, cfg: DeploymentConfig, device_id: str, frames: int | None = None) -> None:
+        self.dcfg = cfg.device(device_id)
+        super().__init__(cfg, device_id, "device", self._on_message)
+        self.net = CalibratedModel(self.dcfg.model)
+        self.thresholds = exit_thresholds(
+            self.dcfg.threshold, self.net.model.num_exits, f"device {device_id}.threshold"
+        )
+        self.hw = (self.net.model.input_shape[1], self.net.model.input_shape[2])
+        self.frames_limit = frames
+        self.run_id = time.strftime("%Y%m%d-%H%M%S")
+        self.results: queue.Queue[Envelope] = queue.Queue()
+        self.sensor_frames: queue.Queue[Frame | None] = queue.Queue(maxsize=256)
+        self.pending: dict[str, Pending] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._finished: OrderedDict[str, str] = OrderedDict()  # id -> outcome, for duplicates and late replies
+        self.writer = RecordWriter(cfg.run_dir / device_id)
+        self.reply_topic = self.topics.results(device_id)
+        self.prefix = f"{device_id}-{uuid.uuid4().hex[:6]}"
+        self._frames_seen = 0
+        self._fps_window: list[float] = []
+
+    # --- paho thread ----------------------------------------------------------------------
+    def _on_message(self, topic: str, payload: bytes, _props: Any) -> None:
+        now = time.time_ns()
+        try:
+            env = decode(payload, self.cfg.broker.max_payload_bytes)
+        except MessageError as exc:
+            self.reject(exc.kind, f"on {topic}: {exc.detail}")
+            return
+        env.stamp("device_receive", now)
+        kind = env.header.get("kind")
+        if topic == self.reply_topic and kind == "result":
+            self.results.put(env)
+        elif kind in ("frame", "end") and topic != self.reply_topic:
+            self._sensor_message(env)
+        else:
+            self.reject("header", f"unexpected {kind!r} message on {topic}")
+
+    def _sensor_message(self, env: Envelope) -> None:
+        if env.header["kind"] == "end":
+            self.sensor_frames.put(None)
+            return
+        try:
+            image = decode_frame(env, self.hw)
+        except MessageError as exc:
+            self.reject(exc.kind, f"sensor frame {env.id}: {exc.detail}")
+            return
+        label = env.header.get("label")
+        capture = dict(env.stamps).get("capture", time.time_ns())
+        frame = Frame(int(env.header.get("frame", 0)), image, label if isinstance(label, int) else None, capture)
+        try:
+            self.sensor_frames.put_nowait(frame)
+        except queue.Full:
+            self.count("dropped_sensor_frames")
+
+    # --- frames -----------------------------------------------------------------------------
+    def _frames(self) -> Iterator[Frame]:
+        src = self.dcfg.source
+        if src.kind != "sensor":
+            yield from paced(open_source(src), src, self.stop, self.frames_limit)
+            return
+        self.link.subscribe(self.topics.frames(str(src.sensor)), qos=1)
+        n = 0
+        while not self.stop.is_set() and (self.frames_limit is None or n < self.frames_limit):
+            try:
+                frame = self.sensor_frames.get(timeout=0.2)
+            except queue.Empty:
+                self._service(block=False)
+                continue
+            if frame is None:
+                return
+            n += 1
+            yield frame
+
+    def _infer(self, frame: Frame) -> None:
+        rid = f"{self.prefix}-{frame.index:08d}"
+        record = FrameRecord(
+            deployment=self.cfg.deployment,
+            run=self.run_id,
+            device=self.id,
+            frame=frame.index,
+            request_id=rid,
+            label=frame.label,
+            prediction=-1,
+            confidence=0.0,
+            tier="device",
+            exit=-1,
+            model=self.net.name,
+            outcome="local",
+            stamps={"capture": frame.capture_ns, "device_start": time.time_ns()},
+        )
+        last = self.net.model.num_exits - 1
+        with torch.inference_mode():
+            for i, _stage, logits, _act in self.net.model.iter_exits(to_input(frame.image[None])):
+                probs = torch.softmax(logits / float(self.net.temperatures[i]), dim=1)[0]
+                conf, pred = float(probs.max()), int(probs.argmax())
+                record.exit, record.prediction, record.confidence = i, pred, conf
+                if conf >= self.thresholds[i]:
+                    break
+        record.stamps["device_end"] = time.time_ns()
+        if record.confidence >= self.thresholds[record.exit] or (record.exit == last and self.dcfg.offload_to is None):
+            self._finish(record, "local")
+            return
+        header, payload = encode_image(frame.image, self.dcfg.encoding, self.dcfg.jpeg_quality)
+        deadline_ns = frame.capture_ns + int(self.dcfg.deadline_ms * 1e6)
+        env = Envelope(
+            {
+                "id": rid,
+                "kind": "request",
+                "device": self.id,
+                "reply_to": self.reply_topic,
+                "deadline_ns": deadline_ns,
+                "frame": frame.index,
+                "device_model": self.net.name,
+                "device_exit": record.exit,
+                **header,
+            },
+            payload,
+            stamps=[("capture", frame.capture_ns)],
+        )
+        if frame.label is not None:
+            env.header["label"] = frame.label
+        record.stamps["publish"] = time.time_ns()
+        env.stamp("publish", record.stamps["publish"])
+        record.bytes_up = len(payload)
+        deadline = time.monotonic() + max(0.0, (deadline_ns - time.time_ns()) / 1e9)
+        self.pending[rid] = Pending(record, deadline)
+        heapq.heappush(self._deadlines, (deadline, rid))
+        self.link.publish(
+            self.topics.requests(self.dcfg.offload_to),
+            encode(env),
+            qos=1,
+            expiry_s=max(1, int(self.dcfg.deadline_ms / 1000) + 1),
+        )
+        self.count("offloaded")
+
+    def _finish(self, record: FrameRecord, outcome: str) -> None:
+        record.outcome = outcome
+        record.stamps["answer"] = time.time_ns()
+        self.writer.write(record)
+        self._finished[record.request_id] = outcome
+        if len(self._finished) > 100_000:
+            self._finished.popitem(last=False)
+        self.count(f"answered_{outcome}")
+        self._fps_window.append(time.monotonic())
+
+    def _handle_result(self, env: Envelope) -> None:
+        rid = env.id
+        pending = self.pending.pop(rid, None)
+        if pending is None:
+            if self._finished.get(rid) == "timeout":
+                self.count("late_replies")
+            elif rid in self._finished:
+                self.count("duplicate_replies")
+            else:
+                self.reject("unknown_id", f"result for unknown request {rid}")
+            return
+        h = env.header
+        r = pending.record
+        try:
+            r.tier, r.model, r.exit = str(h["tier"]), str(h["model"]), int(h["exit"])
+            r.prediction, r.confidence = int(h["prediction"]), float(h["confidence"])
+        except (KeyError, TypeError, ValueError) as exc:
+            self.reject("header", f"result {rid} lacks a field ({exc})")
+            self.pending[rid] = pending  # still waiting: a valid reply or the deadline will end it
+            return
+        for name, ns in env.stamps:
+            r.stamps.setdefault(name, ns)
+        self._finish(r, "remote")
+
+    def _service(self, block: bool) -> None:
+        """Handle arrived results and passed deadlines; with ``block``, wait for the next of either."""
+        timeout = 0.0
+        if block:
+            timeout = min(0.2, max(0.0, self._deadlines[0][0] - time.monotonic())) if self._deadlines else 0.2
+        try:
+            env = self.results.get(timeout=timeout) if block else self.results.get_nowait()
+            self._handle_result(env)
+            while True:
+                self._handle_result(self.results.get_nowait())
+        except queue.Empty:
+            pass
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, rid = heapq.heappop(self._deadlines)
+            pending = self.pending.pop(rid, None)
+            if pending is not None:
+                pending.record.tier = "device"
+                self._finish(pending.record, "timeout")
+        self.maybe_publish_health()
+
+    def health(self) -> dict[str, Any]:
+        """Live status: frames, answers by outcome, in flight, frames/s over the last 5 s."""
+        h = super().health()
+        now = time.monotonic()
+        self._fps_window = [t for t in self._fps_window if now - t <= 5.0]
+        h.update(
+            frames=self._frames_seen,
+            in_flight=len(self.pending),
+            answered=self.writer.count,
+            fps=round(len(self._fps_window) / 5.0, 1),
+        )
+        return h
+
+    def run(self) -> int:
+        """Process the source until it ends (or the stop event), wait for the answers in flight, exit 0."""
+        self.link.subscribe(self.reply_topic, qos=1)
+        self.link.start()
+        if not self.link.wait_connected(10):
+            log.warning(
+                "device %s: broker %s:%d not reachable yet; offloaded frames will wait for it",
+                self.id,
+                self.cfg.broker.host,
+                self.cfg.broker.port,
+            )
+        for frame in self._frames():
+            self._frames_seen += 1
+            self._service(block=False)
+            while len(self.pending) >= self.dcfg.window and not self.stop.is_set():
+                self._service(block=True)
+            self._infer(frame)
+        while self.pending and not self.stop.is_set():
+            self._service(block=True)
+        for rid in list(self.pending):  # stopped early: answer what is left locally
+            self._finish(self.pending.pop(rid).record, "timeout")
+        self.writer.close()
+        self.maybe_publish_health(0)
+        self.link.publish(self.topics.health(self.id), json.dumps({**self.health(), "done": True}).encode(), qos=1)
+        self.link.close()
+        log.info("device %s done: %d frames, %s", self.id, self._frames_seen, dict(self.counters))
+        return 0

@@ -1,0 +1,132 @@
+"""What every agent process shares: the stop event, signal handling, the broker link, counters and live status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.config import DeploymentConfig
+from agents.models.checkpoint import load_checkpoint, temperatures
+from agents.models.staged import StagedModel
+from agents.transport.mqtt import LinkSettings, MessageHandler, MqttLink
+from agents.transport.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def link_settings(cfg: DeploymentConfig) -> LinkSettings:
+    """Broker settings for paho, the password taken from the environment or a systemd credential."""
+    b = cfg.broker
+    return LinkSettings(
+        host=b.host,
+        port=b.port,
+        keepalive=b.keepalive_s,
+        protocol=5 if b.protocol == "5" else 4,
+        username=b.username,
+        password=b.password(),
+        tls_ca=str(b.tls.ca_file) if b.tls else None,
+        tls_cert=str(b.tls.cert_file) if b.tls and b.tls.cert_file else None,
+        tls_key=str(b.tls.key_file) if b.tls and b.tls.key_file else None,
+        tls_insecure=bool(b.tls and b.tls.insecure),
+    )
+
+
+def exit_thresholds(threshold: float | list[float], num_exits: int, what: str) -> list[float]:
+    """One threshold per exit from a single value or a per-exit list."""
+    if isinstance(threshold, list):
+        if len(threshold) != num_exits:
+            from agents.errors import UserError
+
+            raise UserError(f"{what}: {len(threshold)} thresholds for a model with {num_exits} exits")
+        return list(threshold)
+    return [float(threshold)] * num_exits
+
+
+class CalibratedModel:
+    """A checkpoint with its temperatures: calibrated probabilities per exit."""
+
+    def __init__(self, ref: str) -> None:
+        self.model: StagedModel
+        self.model, self.meta = load_checkpoint(ref)
+        self.temperatures = temperatures(self.meta, self.model.num_exits)
+        self.name = self.model.name
+
+
+class Agent:
+    """Base of every agent: one stop event set by SIGTERM/SIGINT, a broker link, counters, periodic health."""
+
+    def __init__(self, cfg: DeploymentConfig, agent_id: str, role: str, handler: MessageHandler) -> None:
+        self.cfg = cfg
+        self.id = agent_id
+        self.role = role
+        self.topics = Topics(cfg.deployment)
+        self.stop = threading.Event()
+        self.counters: Counter[str] = Counter()
+        self._counter_lock = threading.Lock()
+        self._last_warn: dict[str, float] = {}
+        self._started = time.monotonic()
+        self._next_health = 0.0
+        self.link = MqttLink(
+            f"cascade-{cfg.deployment}-{agent_id}-{os.getpid()}",
+            link_settings(cfg),
+            handler,
+            status_topic=self.topics.status(agent_id),
+        )
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT set the stop event; every loop waits on it."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add to a counter (thread-safe: paho's thread and the worker both count)."""
+        with self._counter_lock:
+            self.counters[key] += n
+
+    def reject(self, kind: str, detail: str) -> None:
+        """Count a rejected message by kind; log at most once per second per kind."""
+        self.count(f"rejected_{kind}")
+        now = time.monotonic()
+        if now - self._last_warn.get(kind, 0.0) >= 1.0:
+            self._last_warn[kind] = now
+            log.warning(
+                "%s %s rejected a message (%s): %s [%d so far]",
+                self.role,
+                self.id,
+                kind,
+                detail,
+                self.counters[f"rejected_{kind}"],
+            )
+
+    def health(self) -> dict[str, Any]:
+        """The live status published on the health topic; subclasses add their fields."""
+        with self._counter_lock:
+            counters = dict(self.counters)
+        return {
+            "agent": self.id,
+            "role": self.role,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "connected": self.link.connected.is_set(),
+            "counters": counters,
+        }
+
+    def maybe_publish_health(self, every_s: float = 1.0) -> None:
+        """Publish :meth:`health` if ``every_s`` has passed since the last time."""
+        now = time.monotonic()
+        if now >= self._next_health:
+            self._next_health = now + every_s
+            self.link.publish(self.topics.health(self.id), json.dumps(self.health()).encode(), qos=0)
+
+
+def calibrated_probs_np(logits: torch.Tensor, temperature: float) -> np.ndarray:
+    """Softmax of ``logits / temperature`` as numpy."""
+    return torch.softmax(logits / temperature, dim=1).numpy()

@@ -1,0 +1,123 @@
+"""A frame source yields ``(image, label)`` pairs; :func:`paced` turns it into timed, numbered frames."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from agents.config import SourceConfig
+from agents.datasets import load_image_set
+from agents.errors import UserError
+
+
+@dataclass
+class Frame:
+    """One captured frame: ``(H, W, 3)`` uint8 RGB, its ground-truth label when known."""
+
+    index: int
+    image: np.ndarray
+    label: int | None
+    capture_ns: int
+
+
+def _image_set_frames(cfg: SourceConfig) -> Iterator[tuple[np.ndarray, int | None]]:
+    data = load_image_set(str(cfg.path))
+    rng = np.random.default_rng(cfg.seed)
+    while True:
+        order = rng.permutation(len(data)) if cfg.shuffle else np.arange(len(data))
+        for i in order:
+            yield data.images[i], int(data.labels[i])
+        if not cfg.loop:
+            return
+
+
+def _torchvision_frames(cfg: SourceConfig) -> Iterator[tuple[np.ndarray, int | None]]:
+    from torchvision import datasets
+
+    cls = getattr(datasets, str(cfg.dataset), None)
+    if cls is None:
+        raise UserError(f"torchvision has no dataset {cfg.dataset!r} (e.g. CIFAR10, SVHN, MNIST)")
+    try:
+        ds = cls(root=cfg.root or "data", train=cfg.train, download=cfg.download)
+    except (RuntimeError, OSError) as exc:
+        raise UserError(f"torchvision {cfg.dataset} at {cfg.root or 'data'}: {exc} (set download: true?)") from None
+    rng = np.random.default_rng(cfg.seed)
+    while True:
+        order = rng.permutation(len(ds)) if cfg.shuffle else np.arange(len(ds))
+        for i in order:
+            image, label = ds[int(i)]
+            yield np.asarray(image.convert("RGB"), dtype=np.uint8), int(label)
+        if not cfg.loop:
+            return
+
+
+def _opencv_frames(cfg: SourceConfig) -> Iterator[tuple[np.ndarray, int | None]]:
+    try:
+        import cv2
+    except ImportError:
+        raise UserError("video and camera sources need OpenCV: pip install 'cascade-agents[video]'") from None
+    target = cfg.path if cfg.kind == "video" else cfg.camera
+    while True:
+        cap = cv2.VideoCapture(target)
+        if not cap.isOpened():
+            raise UserError(f"cannot open {cfg.kind} {target!r}")
+        try:
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                yield np.ascontiguousarray(bgr[:, :, ::-1]), None
+        finally:
+            cap.release()
+        if not cfg.loop or cfg.kind == "camera":
+            return
+
+
+def open_source(cfg: SourceConfig) -> Iterator[tuple[np.ndarray, int | None]]:
+    """The raw ``(image, label)`` stream a source config describes (sensor sources are MQTT subscriptions)."""
+    if cfg.kind == "imagefolder":
+        stream = _image_set_frames(cfg)
+    elif cfg.kind == "torchvision":
+        stream = _torchvision_frames(cfg)
+    elif cfg.kind in ("video", "camera"):
+        stream = _opencv_frames(cfg)
+    else:
+        raise UserError(f"a {cfg.kind} source is not a local stream")
+    return _limited(stream, cfg.limit)
+
+
+def _limited(
+    stream: Iterator[tuple[np.ndarray, int | None]], limit: int | None
+) -> Iterator[tuple[np.ndarray, int | None]]:
+    for n, item in enumerate(stream):
+        if limit is not None and n >= limit:
+            return
+        yield item
+
+
+def paced(
+    stream: Iterator[tuple[np.ndarray, int | None]],
+    cfg: SourceConfig,
+    stop: threading.Event,
+    limit: int | None = None,
+) -> Iterator[Frame]:
+    """Number and timestamp frames, releasing each at the configured rate; ends early when ``stop`` is set.
+
+    ``fixed`` releases one frame every 1/fps seconds on a schedule (late frames do not
+    shift later ones); ``poisson`` draws exponential gaps with mean 1/fps; ``max`` does not wait.
+    """
+    rng = np.random.default_rng(cfg.seed + 1)
+    next_at = time.monotonic()
+    for index, (image, label) in enumerate(stream):
+        if stop.is_set() or (limit is not None and index >= limit):
+            return
+        if cfg.rate != "max" and cfg.fps:
+            gap = 1.0 / cfg.fps if cfg.rate == "fixed" else float(rng.exponential(1.0 / cfg.fps))
+            next_at += gap
+            if stop.wait(max(0.0, next_at - time.monotonic())):
+                return
+        yield Frame(index, image, label, time.time_ns())

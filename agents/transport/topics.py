@@ -1,0 +1,45 @@
+"""The topic scheme (documented for users in docs/topics.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of one deployment: ``cascade/<deployment>/...``."""
+
+    deployment: str
+
+    @property
+    def root(self) -> str:
+        """The common prefix."""
+        return f"cascade/{self.deployment}"
+
+    def requests(self, tier: str) -> str:
+        """Work for a tier (frames or activations); devices and lower tiers publish here."""
+        return f"{self.root}/{tier}/requests"
+
+    def shared_requests(self, tier: str) -> str:
+        """The shared-subscription filter through which a tier's workers split its requests."""
+        return f"$share/{tier}/{self.requests(tier)}"
+
+    def results(self, device_id: str) -> str:
+        """Answers for one device."""
+        return f"{self.root}/device/{device_id}/results"
+
+    def frames(self, sensor_id: str) -> str:
+        """Frames from one (simulated) sensor."""
+        return f"{self.root}/sensors/{sensor_id}/frames"
+
+    def status(self, agent_id: str) -> str:
+        """Retained availability and live status of one agent."""
+        return f"{self.root}/agents/{agent_id}/status"
+
+    def health(self, agent_id: str) -> str:
+        """Live JSON status of one agent, every few seconds (counters, queue depth, frames/s)."""
+        return f"{self.root}/agents/{agent_id}/health"
+
+    def control(self, *parts: str) -> str:
+        """Retained control messages (plans, thresholds)."""
+        return "/".join([self.root, "control", *parts])
