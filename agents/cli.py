@@ -72,6 +72,12 @@ def _agent(args: argparse.Namespace) -> int:
     return int(agent.run())
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from agents.demo import run_demo
+
+    return run_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every sub-command."""
     parser = argparse.ArgumentParser(prog="cascade", description="Device → edge → cloud inference over MQTT.")
@@ -122,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sensor", required=True, help="sensor id (under 'sensors')")
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.set_defaults(handler=_agent)
+
+    p = sub.add_parser("demo", help="broker, cloud, edge and device on this host; a summary at the end")
+    p.add_argument("--frames", type=int, default=1000, help="frames the device processes (default 1000)")
+    p.add_argument("--source", help="ImageFolder tar or folder (default: the committed sample)")
+    p.add_argument("--config", help="base deployment YAML (default config/demo.yaml)")
+    p.add_argument("--threshold", type=float, help="device exit threshold (overrides the config)")
+    p.add_argument("--edge-threshold", type=float, help="edge threshold below which it forwards to the cloud")
+    p.add_argument("--no-cloud", action="store_true", help="two tiers only: the edge answers everything it gets")
+    p.add_argument("--run-dir", help="run directory (default runs/demo-<time>)")
+    p.add_argument("--json", help="write the summary to this JSON file")
+    p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser("check-config", help="validate a deployment YAML and exit (usable as ExecStartPre=)")
     p.add_argument("file", help="deployment YAML")

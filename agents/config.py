@@ -105,6 +105,7 @@ class DeviceConfig(Strict):
     jpeg_quality: int = Field(90, ge=1, le=100)
     deadline_ms: float = Field(2000, gt=0)
     window: int = Field(16, ge=1, le=4096, description="requests in flight at once")
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: torch's choice)")
     source: SourceConfig
 
 
@@ -118,6 +119,7 @@ class TierConfig(Strict):
     max_wait_ms: float = Field(5.0, ge=0)
     queue_size: int = Field(1024, ge=1)
     shared: bool = Field(True, description="use a $share/<tier>/ subscription so workers share requests")
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: torch's choice)")
 
 
 class SensorConfig(Strict):

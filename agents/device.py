@@ -47,6 +47,8 @@ class DeviceAgent(Agent):
 
     def __init__(self, cfg: DeploymentConfig, device_id: str, frames: int | None = None) -> None:
         self.dcfg = cfg.device(device_id)
+        if self.dcfg.threads:
+            torch.set_num_threads(self.dcfg.threads)
         super().__init__(cfg, device_id, "device", self._on_message)
         self.net = CalibratedModel(self.dcfg.model)
         self.thresholds = exit_thresholds(

@@ -37,6 +37,8 @@ class TierAgent(Agent):
         super().__init__(cfg, agent_id, tier, self._on_message)
         self.tier = tier
         self.tcfg = cfg.tiers[tier]
+        if self.tcfg.threads:
+            torch.set_num_threads(self.tcfg.threads)
         self.net = CalibratedModel(self.tcfg.model)
         self.thresholds = exit_thresholds(self.tcfg.threshold, self.net.model.num_exits, f"tiers.{tier}.threshold")
         self.hw = (self.net.model.input_shape[1], self.net.model.input_shape[2])

@@ -1,0 +1,172 @@
+"""``cascade demo``: broker, cloud, edge and device as separate processes on one host, then a summary.
+
+Uses ``config/demo.yaml`` (or ``--config``) with the broker moved to a private
+mosquitto on a free loopback port and a fresh run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from agents.config import DeploymentConfig, load_config
+from agents.datasets import SAMPLE_TAR
+from agents.errors import UserError
+from agents.records import read_records
+from agents.summary import format_summary, summarize
+from agents.transport.mosquitto import start_mosquitto
+from agents.transport.mqtt import LinkSettings, MqttLink
+from agents.transport.topics import Topics
+
+log = logging.getLogger(__name__)
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
+
+
+def demo_config(base: Path, run_dir: Path, port: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The deployment dict the demo runs: the base config, its broker on ``port``, flags applied."""
+    raw: dict[str, Any] = yaml.safe_load(base.read_text())
+    raw["broker"] = {**raw.get("broker", {}), "host": "127.0.0.1", "port": port}
+    raw["run_dir"] = str(run_dir)
+    device = raw["devices"][0]
+    if args.source:
+        device["source"] = {"kind": "imagefolder", "path": args.source}
+    elif device["source"].get("kind") == "imagefolder" and not Path(device["source"]["path"]).exists():
+        device["source"]["path"] = str(SAMPLE_TAR)
+    device["source"]["loop"] = True  # --frames decides how many; a 1,000-image sample loops for more
+    if args.threshold is not None:
+        device["threshold"] = args.threshold
+    if args.edge_threshold is not None:
+        raw["tiers"]["edge"]["threshold"] = args.edge_threshold
+    if args.no_cloud:
+        raw["tiers"]["edge"].pop("forward_to", None)
+        raw["tiers"].pop("cloud", None)
+    DeploymentConfig.model_validate(raw)
+    return raw
+
+
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    out = log_path.open("wb")
+    return subprocess.Popen([sys.executable, "-m", "agents.cli", *args], stdout=out, stderr=subprocess.STDOUT)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The ``cascade demo`` command."""
+    run_dir = Path(args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base = Path(args.config) if args.config else DEMO_CONFIG
+    load_config(base)  # a bad base config fails here, with its own file name in the message
+    broker = start_mosquitto(run_dir / "broker")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        raw = demo_config(base, run_dir, broker.port, args)
+        cfg_path = run_dir / "deployment.yaml"
+        cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        cfg = load_config(cfg_path)
+        topics = Topics(cfg.deployment)
+        events: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        watcher = MqttLink(
+            f"cascade-demo-{os.getpid()}",
+            LinkSettings(host=broker.host, port=broker.port),
+            lambda t, p, _props: events.put((t, p)),
+        )
+        watcher.subscribe(f"{topics.root}/agents/+/status")
+        watcher.subscribe(f"{topics.root}/agents/+/health", qos=0)
+        watcher.start()
+        tiers = [t for t in ("cloud", "edge") if t in cfg.tiers]
+        for tier in tiers:
+            procs[tier] = _spawn([tier, "--config", str(cfg_path), "--id", f"{tier}-1"], run_dir / f"{tier}.log")
+        _wait_online(events, [f"{t}-1" for t in tiers], procs, timeout=120)
+        device = cfg.devices[0]
+        print(
+            f"broker 127.0.0.1:{broker.port}; {', '.join(tiers)} online; device {device.id} starts "
+            f"({args.frames} frames, threshold {device.threshold})",
+            flush=True,
+        )
+        procs["device"] = _spawn(
+            ["device", "--config", str(cfg_path), "--id", device.id, "--frames", str(args.frames)],
+            run_dir / "device.log",
+        )
+        _follow(events, procs["device"], device.id, args.frames)
+        rc = procs["device"].wait()
+        if rc != 0:
+            raise UserError(f"device agent exited with status {rc}; see {run_dir / 'device.log'}")
+        watcher.close()
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in procs.items():
+            try:
+                code = p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                code = p.wait()
+            if code != 0:
+                log.warning("%s exited with status %s (see %s)", name, code, run_dir / f"{name}.log")
+        broker.stop()
+    summary = summarize(read_records(run_dir), args.frames)
+    summary["run_dir"] = str(run_dir)
+    print(format_summary(summary))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"JSON written: {args.json}")
+    return 0 if summary["lost"] == 0 else 1
+
+
+def _wait_online(
+    events: queue.Queue[tuple[str, bytes]], agents: list[str], procs: dict[str, subprocess.Popen[bytes]], timeout: float
+) -> None:
+    waiting = set(agents)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        for name, p in procs.items():
+            if p.poll() is not None:
+                raise UserError(f"{name} agent exited with status {p.returncode} while starting")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UserError(f"agents {sorted(waiting)} did not come online within {timeout:.0f} s")
+        try:
+            topic, payload = events.get(timeout=min(left, 0.5))
+        except queue.Empty:
+            continue
+        if topic.endswith("/status") and payload == b"online":
+            waiting.discard(topic.split("/")[-2])
+
+
+def _follow(events: queue.Queue[tuple[str, bytes]], proc: subprocess.Popen[bytes], device: str, frames: int) -> None:
+    bar = tqdm(total=frames, unit="frame", desc="answered", disable=None)
+    while proc.poll() is None:
+        try:
+            topic, payload = events.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if topic.endswith(f"/agents/{device}/health"):
+            try:
+                h = json.loads(payload)
+            except json.JSONDecodeError:
+                continue
+            bar.n = int(h.get("answered", 0))
+            c = h.get("counters", {})
+            bar.set_postfix(
+                fps=h.get("fps"),
+                in_flight=h.get("in_flight"),
+                offloaded=c.get("offloaded", 0),
+                timeouts=c.get("answered_timeout", 0),
+                refresh=False,
+            )
+            bar.refresh()
+    bar.n = frames
+    bar.close()
