@@ -31,7 +31,8 @@ def link_settings(cfg: DeploymentConfig) -> LinkSettings:
         port=b.port,
         keepalive=b.keepalive_s,
         protocol=5 if b.protocol == "5" else 4,
-        username=b.username,
+        # One YAML serves every node; each node's own account comes from its environment.
+        username=os.environ.get("CASCADE_MQTT_USERNAME") or b.username,
         password=b.password(),
         tls_ca=str(b.tls.ca_file) if b.tls else None,
         tls_cert=str(b.tls.cert_file) if b.tls and b.tls.cert_file else None,

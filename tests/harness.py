@@ -1,0 +1,114 @@
+"""Helpers for integration tests: deployment files, agents as subprocesses, a watcher on the status topics."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.datasets import SAMPLE_TAR
+from agents.transport.mosquitto import Mosquitto
+from agents.transport.mqtt import LinkSettings, MqttLink
+from agents.transport.topics import Topics
+
+
+def write_config(tmp: Path, broker: Mosquitto, **overrides: Any) -> Path:
+    """A deployment on ``broker`` using the shipped models; ``overrides`` replace top-level sections."""
+    cfg: dict[str, Any] = {
+        "deployment": "t",
+        "run_dir": str(tmp / "runs"),
+        "broker": {"host": broker.host, "port": broker.port, "max_payload_bytes": 65536},
+        "devices": [
+            {
+                "id": "dev1",
+                "model": "device-small",
+                "threshold": 0.9,
+                "threads": 1,
+                "deadline_ms": 3000,
+                "window": 8,
+                "source": {"kind": "imagefolder", "path": str(SAMPLE_TAR), "shuffle": True, "loop": True},
+            }
+        ],
+        "tiers": {"edge": {"model": "edge-medium", "threads": 1, "max_batch": 16, "max_wait_ms": 2}},
+    }
+    cfg.update(overrides)
+    path = tmp / "deployment.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def spawn(tmp: Path, *args: str, name: str) -> subprocess.Popen[bytes]:
+    """Run ``cascade ARGS`` as a subprocess, output to ``tmp/NAME.log``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = (tmp / f"{name}.log").open("wb")
+    return subprocess.Popen([sys.executable, "-m", "agents.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM and wait; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
+class Watcher:
+    """Subscribes to every agent's status and health topic of deployment ``t``."""
+
+    def __init__(self, broker: Mosquitto, deployment: str = "t") -> None:
+        self.topics = Topics(deployment)
+        self.events: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.health: dict[str, dict[str, Any]] = {}
+        self.status: dict[str, bytes] = {}
+        self.link = MqttLink(
+            f"watcher-{os.getpid()}-{time.monotonic_ns()}",
+            LinkSettings(host=broker.host, port=broker.port),
+            lambda t, p, _props: self.events.put((t, p)),
+        )
+        self.link.subscribe(f"{self.topics.root}/agents/+/status")
+        self.link.subscribe(f"{self.topics.root}/agents/+/health", qos=0)
+        self.link.start()
+        assert self.link.wait_connected(10)
+
+    def pump(self, timeout: float) -> None:
+        """Take events for up to ``timeout`` seconds (returns at the first one)."""
+        try:
+            topic, payload = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        agent = topic.split("/")[-2]
+        if topic.endswith("/status"):
+            self.status[agent] = payload
+        else:
+            self.health[agent] = json.loads(payload)
+
+    def wait_for(self, predicate: Any, timeout: float, what: str) -> None:
+        """Pump events until ``predicate(self)`` holds; fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; status {self.status}")
+            self.pump(0.2)
+
+    def wait_status(self, agent: str, value: bytes, timeout: float = 60) -> None:
+        """Wait until ``agent``'s retained status is ``value``."""
+        self.wait_for(lambda w: w.status.get(agent) == value, timeout, f"{agent} {value!r}")
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.link.close()
+
+
+def records(tmp: Path) -> list[dict[str, Any]]:
+    """Every frame record under the test's run directory."""
+    out: list[dict[str, Any]] = []
+    for path in sorted((tmp / "runs").rglob("frames.jsonl")):
+        out.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return out

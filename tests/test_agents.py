@@ -1,0 +1,152 @@
+"""Agents as subprocesses against a real mosquitto, shipped models and real images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import struct
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from agents.transport.envelope import MAGIC, Envelope, encode
+from agents.transport.images import encode_image
+from agents.transport.mosquitto import Mosquitto
+from tests.harness import Watcher, records, spawn, stop, write_config
+
+
+def _answers(tmp: Path) -> Counter[str]:
+    return Counter(r["request_id"] for r in records(tmp))
+
+
+def test_every_frame_gets_exactly_one_answer(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = write_config(tmp_path, broker)
+    watcher = Watcher(broker)
+    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
+    try:
+        watcher.wait_status("edge-1", b"online")
+        device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", "--frames", "200", name="device")
+        assert device.wait(240) == 0
+        answers = _answers(tmp_path)
+        assert len(answers) == 200 and set(answers.values()) == {1}
+        outcomes = Counter(r["outcome"] for r in records(tmp_path))
+        assert outcomes["remote"] > 0 and outcomes["local"] > 0, outcomes
+        remote = [r for r in records(tmp_path) if r["outcome"] == "remote"]
+        assert all(r["tier"] == "edge" and r["model"] == "edge-medium" for r in remote)
+        assert all(
+            {"capture", "publish", "edge_receive", "edge_end", "device_receive"} <= set(r["stamps"]) for r in remote
+        )
+    finally:
+        assert stop(edge) == 0
+        watcher.close()
+
+
+def _bad_messages() -> list[bytes]:
+    good = Envelope({"id": "x1", "kind": "request", "reply_to": "cascade/t/device/dev1/results"})
+    raw_header, _ = encode_image(np.zeros((32, 32, 3), np.uint8), "raw")
+    big_png = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(big_png, format="PNG")
+    body = json.dumps({"id": "v", "nbytes": 0}).encode()
+    return [
+        b"\x00garbage\xff" * 7,
+        struct.pack(">3sBI", MAGIC, 99, len(body)) + body,  # unknown schema version
+        encode(Envelope({**good.header, "encoding": "png"}, b"\x89PNG" + b"\0" * 50))[:-20],  # truncated
+        encode(Envelope({**good.header, "encoding": "png"}, b"\0" * 100_000)),  # over max_payload_bytes
+        encode(Envelope({**good.header, **raw_header, "shape": [32, 32, 4]}, b"\0" * 32 * 32 * 4)),  # wrong shape
+        encode(Envelope({**good.header, **raw_header, "dtype": "float32"}, b"\0" * 32 * 32 * 3)),  # wrong dtype
+        encode(Envelope({**good.header, "encoding": "png"}, big_png.getvalue())),  # wrong image size
+        encode(Envelope({**good.header, "encoding": "jpeg"}, b"not a jpeg at all")),
+        encode(Envelope({"id": "x2", "kind": "request"}, b"")),  # no reply_to
+    ]
+
+
+def test_bad_input_is_rejected_counted_and_valid_traffic_flows(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = write_config(tmp_path, broker)
+    watcher = Watcher(broker)
+    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
+    try:
+        watcher.wait_status("edge-1", b"online")
+        bad = _bad_messages()
+        for payload in bad:
+            watcher.link.publish("cascade/t/edge/requests", payload, qos=1)
+        device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", "--frames", "150", name="device")
+        watcher.wait_status("dev1", b"online")
+        for payload in [b"junk", *bad[:2], encode(Envelope({"id": "nobody", "kind": "result"}))]:
+            watcher.link.publish("cascade/t/device/dev1/results", payload, qos=1)
+        assert device.wait(240) == 0
+        assert edge.poll() is None, "the edge died on bad input"
+        answers = _answers(tmp_path)
+        assert len(answers) == 150 and set(answers.values()) == {1}
+
+        def rejected(w: Watcher, agent: str) -> int:
+            counters = w.health.get(agent, {}).get("counters", {})
+            return sum(v for k, v in counters.items() if k.startswith("rejected_"))
+
+        watcher.wait_for(lambda w: rejected(w, "edge-1") >= len(bad), 30, "edge rejections")
+        edge_counters = watcher.health["edge-1"]["counters"]
+        for kind in ("garbage", "version", "truncated", "oversized", "shape", "image", "header"):
+            assert edge_counters.get(f"rejected_{kind}", 0) >= 1, (kind, edge_counters)
+        watcher.wait_for(lambda w: rejected(w, "dev1") >= 4, 30, "device rejections")
+    finally:
+        assert stop(edge) == 0
+        watcher.close()
+
+
+def test_sigterm_publishes_stopped_and_exits_zero(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = write_config(tmp_path, broker)
+    watcher = Watcher(broker)
+    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
+    try:
+        watcher.wait_status("edge-1", b"online")
+        edge.send_signal(signal.SIGTERM)
+        assert edge.wait(5) == 0
+        watcher.wait_status("edge-1", b"stopped", timeout=5)
+    finally:
+        watcher.close()
+
+
+def test_killed_edge_leaves_offline_and_timeouts_the_survivor_carries(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = write_config(tmp_path, broker)
+    watcher = Watcher(broker)
+    edges = [spawn(tmp_path, "edge", "--config", str(cfg), "--id", f"edge-{i}", name=f"edge{i}") for i in (1, 2)]
+    try:
+        watcher.wait_status("edge-1", b"online")
+        watcher.wait_status("edge-2", b"online")
+        device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", "--frames", "400", name="device")
+        watcher.wait_for(lambda w: w.health.get("dev1", {}).get("answered", 0) >= 100, 120, "100 answers")
+        os.kill(edges[0].pid, signal.SIGKILL)
+        watcher.wait_status("edge-1", b"offline", timeout=60)  # last will
+        assert device.wait(300) == 0
+        answers = _answers(tmp_path)
+        assert len(answers) == 400 and set(answers.values()) == {1}
+        late = [r for r in records(tmp_path) if r["frame"] >= 300 and r["outcome"] == "remote"]
+        assert late, "no frame was answered by the surviving edge after the kill"
+    finally:
+        for e in edges:
+            if e.poll() is None:
+                stop(e)
+        watcher.close()
+
+
+def test_broker_restart_mid_run_every_frame_answered_once(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = write_config(tmp_path, broker)
+    watcher = Watcher(broker)
+    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
+    try:
+        watcher.wait_status("edge-1", b"online")
+        device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", "--frames", "300", name="device")
+        watcher.wait_for(lambda w: w.health.get("dev1", {}).get("answered", 0) >= 80, 120, "80 answers")
+        broker.restart()
+        assert device.wait(300) == 0
+        answers = _answers(tmp_path)
+        assert len(answers) == 300 and set(answers.values()) == {1}
+        after = [r for r in records(tmp_path) if r["outcome"] == "remote" and r["frame"] >= 250]
+        assert after, "no remote answer after the broker restart: the agents did not reconnect and resubscribe"
+        assert edge.poll() is None
+    finally:
+        assert stop(edge) == 0
+        watcher.close()
