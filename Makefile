@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv system-deps test lint typecheck unit bench clean
+.PHONY: venv system-deps demo test lint typecheck unit bench clean
 
 venv: $(STAMP)
 
@@ -33,8 +33,13 @@ unit: venv system-deps
 
 test: lint typecheck unit
 
-bench: venv
-	$(PY) benchmarks/run_all.py
+# One host: mosquitto (installed here if apt can), cloud, edge and device agents on the sample.
+demo: venv
+	-@$(MAKE) --no-print-directory system-deps
+	$(VENV)/bin/cascade demo --frames 1000 --json runs/demo.json
+
+bench: venv system-deps
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -11,10 +11,10 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> int:
     for script in sorted(HERE.glob("*.py")):
-        if script.name in {"run_all.py", "__init__.py"}:
+        if script.name in {"run_all.py", "__init__.py", "common.py"}:
             continue
         print(f"== {script.stem}", flush=True)
-        runpy.run_path(str(script), run_name="__main__")
+        runpy.run_module(f"benchmarks.{script.stem}", run_name="__main__")
     return 0
 
 
