@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from agents.config import DeploymentConfig
@@ -21,13 +22,15 @@ from agents.models.checkpoint import load_checkpoint
 from agents.models.inputs import to_input
 from benchmarks.common import private_broker
 
-FRAMES = 1000
+FRAMES = 3000
+ROUNDS = 3
 
 
 def bare_fps() -> float:
     """Frames/s of the bare loop."""
     model, _ = load_checkpoint("device-small")
-    images = load_image_set(SAMPLE_TAR).images[:FRAMES]
+    sample = load_image_set(SAMPLE_TAR).images
+    images = np.concatenate([sample] * (FRAMES // len(sample) + 1))[:FRAMES]
     with torch.inference_mode():
         for image in images[:50]:
             next(model.iter_exits(to_input(image[None])))
@@ -63,9 +66,14 @@ def agent_fps(port: int, run_dir: Path) -> float:
 
 def main() -> None:
     torch.set_num_threads(1)
+    load_image_set(SAMPLE_TAR)  # decode once into the cache so neither side pays for it
     with private_broker() as broker, tempfile.TemporaryDirectory() as tmp:
-        base = bare_fps()
-        ours = agent_fps(broker.port, Path(tmp))
+        # Alternate the two and keep each one's best: a busy machine then slows both alike.
+        base = max(bare_fps() for _ in range(1))
+        ours = 0.0
+        for k in range(ROUNDS):
+            base = max(base, bare_fps())
+            ours = max(ours, agent_fps(broker.port, Path(tmp) / str(k)))
     ratio = ours / base
     print(f"device_throughput ({FRAMES} frames, threshold 0, 1 torch thread)")
     print(
