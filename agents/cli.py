@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="base deployment YAML (default config/demo.yaml)")
     p.add_argument("--threshold", type=float, help="device exit threshold (overrides the config)")
     p.add_argument("--edge-threshold", type=float, help="edge threshold below which it forwards to the cloud")
-    p.add_argument("--no-cloud", action="store_true", help="two tiers only: the edge answers everything it gets")
+    p.add_argument("--no-cloud", action="store_true", help="device and edge only; the edge answers at its final exit")
     p.add_argument("--run-dir", help="run directory (default runs/demo-<time>)")
     p.add_argument("--json", help="write the summary to this JSON file")
     p.set_defaults(handler=_cmd_demo)

@@ -113,7 +113,9 @@ class TierConfig(Strict):
     """An edge or cloud tier: every worker started for it shares the load."""
 
     model: str
-    threshold: Probability | list[Probability] = 0.0
+    threshold: Probability | list[Probability] | None = Field(
+        None, description="early exits and forwarding; none: answer at the final exit"
+    )
     forward_to: Name | None = Field(None, description="next tier for answers below the threshold")
     max_batch: int = Field(32, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0)
@@ -159,6 +161,10 @@ class DeploymentConfig(Strict):
         for name, t in self.tiers.items():
             if t.forward_to is not None and t.forward_to not in self.tiers:
                 raise ValueError(f"tier {name!r} forwards to {t.forward_to!r}, which is not under 'tiers'")
+            if t.forward_to is not None and t.threshold is None:
+                raise ValueError(f"tier {name!r} forwards to {t.forward_to!r} but has no threshold to decide what")
+            if t.forward_to == name:
+                raise ValueError(f"tier {name!r} forwards to itself")
         return self
 
     def device(self, device_id: str) -> DeviceConfig:

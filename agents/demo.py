@@ -50,7 +50,10 @@ def demo_config(base: Path, run_dir: Path, port: int, args: argparse.Namespace) 
     if args.edge_threshold is not None:
         raw["tiers"]["edge"]["threshold"] = args.edge_threshold
     if args.no_cloud:
+        # Device → edge only, the edge answering at its final exit: the online twin of
+        # `cascade eval --cascade <device model>,<edge model>`.
         raw["tiers"]["edge"].pop("forward_to", None)
+        raw["tiers"]["edge"].pop("threshold", None)
         raw["tiers"].pop("cloud", None)
     DeploymentConfig.model_validate(raw)
     return raw

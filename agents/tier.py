@@ -40,7 +40,12 @@ class TierAgent(Agent):
         if self.tcfg.threads:
             torch.set_num_threads(self.tcfg.threads)
         self.net = CalibratedModel(self.tcfg.model)
-        self.thresholds = exit_thresholds(self.tcfg.threshold, self.net.model.num_exits, f"tiers.{tier}.threshold")
+        # No threshold: every answer comes from the final exit (what `cascade eval --cascade` assumes).
+        self.thresholds = (
+            exit_thresholds(self.tcfg.threshold, self.net.model.num_exits, f"tiers.{tier}.threshold")
+            if self.tcfg.threshold is not None
+            else [float("inf")] * self.net.model.num_exits
+        )
         self.hw = (self.net.model.input_shape[1], self.net.model.input_shape[2])
         self._queue: deque[Envelope] = deque()
         self._cond = threading.Condition()
