@@ -26,7 +26,7 @@ from agents.datasets import SAMPLE_TAR
 from agents.errors import UserError
 from agents.records import read_records
 from agents.summary import format_summary, summarize
-from agents.transport.mosquitto import start_mosquitto
+from agents.transport.broker import BrokerProcess, start_any_broker
 from agents.transport.mqtt import LinkSettings, MqttLink
 from agents.transport.topics import Topics
 
@@ -34,10 +34,13 @@ log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
 
 
-def demo_config(base: Path, run_dir: Path, port: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The deployment dict the demo runs: the base config, its broker on ``port``, flags applied."""
+def demo_config(base: Path, run_dir: Path, broker: BrokerProcess, args: argparse.Namespace) -> dict[str, Any]:
+    """The deployment dict the demo runs: the base config on the private ``broker``, flags applied."""
     raw: dict[str, Any] = yaml.safe_load(base.read_text())
-    raw["broker"] = {**raw.get("broker", {}), "host": "127.0.0.1", "port": port}
+    raw["broker"] = {**raw.get("broker", {}), "host": broker.host, "port": broker.port, "protocol": broker.protocol}
+    if not broker.shared_subscriptions:
+        for tier in raw.get("tiers", {}).values():
+            tier["shared"] = False
     raw["run_dir"] = str(run_dir)
     device = raw["devices"][0]
     if args.source:
@@ -70,10 +73,10 @@ def run_demo(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     base = Path(args.config) if args.config else DEMO_CONFIG
     load_config(base)  # a bad base config fails here, with its own file name in the message
-    broker = start_mosquitto(run_dir / "broker")
+    broker = start_any_broker(run_dir / "broker")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        raw = demo_config(base, run_dir, broker.port, args)
+        raw = demo_config(base, run_dir, broker, args)
         cfg_path = run_dir / "deployment.yaml"
         cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         cfg = load_config(cfg_path)

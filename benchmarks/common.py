@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agents.transport.mosquitto import Mosquitto, start_mosquitto
+from agents.transport.broker import BrokerProcess, start_mosquitto
 
 
 @contextmanager
-def private_broker() -> Iterator[Mosquitto]:
+def private_broker() -> Iterator[BrokerProcess]:
     """mosquitto with the development settings on a free loopback port, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="cascade-bench-") as tmp, start_mosquitto(Path(tmp)) as broker:
         yield broker

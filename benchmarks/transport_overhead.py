@@ -17,8 +17,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agents.transport.broker import BrokerProcess
 from agents.transport.envelope import Envelope, decode, encode
-from agents.transport.mosquitto import Mosquitto
 from agents.transport.mqtt import LinkSettings, MqttLink, set_nodelay
 from benchmarks.common import median_ms, private_broker
 
@@ -26,7 +26,7 @@ ROUNDS = 300
 WARMUP = 30
 
 
-def _bare_client(broker: Mosquitto, cid: str, inbox: queue.Queue[bytes] | None, echo_to: str | None) -> mqtt.Client:
+def _bare_client(broker: BrokerProcess, cid: str, inbox: queue.Queue[bytes] | None, echo_to: str | None) -> mqtt.Client:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
     c.on_socket_open = lambda _c, _u, sock: set_nodelay(sock)
     connected = threading.Event()
@@ -45,7 +45,7 @@ def _bare_client(broker: Mosquitto, cid: str, inbox: queue.Queue[bytes] | None, 
     return c
 
 
-def bare_round_trip(broker: Mosquitto, size: int) -> float:
+def bare_round_trip(broker: BrokerProcess, size: int) -> float:
     """Median ms of a bare paho request/response through the broker."""
     inbox: queue.Queue[bytes] = queue.Queue()
     responder = _bare_client(broker, f"bare-resp-{os.getpid()}", None, "bench/bare/reply")
@@ -67,7 +67,7 @@ def bare_round_trip(broker: Mosquitto, size: int) -> float:
     return median_ms(samples)
 
 
-def cascade_round_trip(broker: Mosquitto, size: int) -> float:
+def cascade_round_trip(broker: BrokerProcess, size: int) -> float:
     """Median ms of the same round trip through cascade's envelope, link, queue and worker thread."""
     settings = LinkSettings(host=broker.host, port=broker.port)
     work: queue.Queue[Envelope] = queue.Queue()

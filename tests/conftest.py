@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agents.datasets import SAMPLE_TAR, ImageSet, load_image_set
-from agents.transport.mosquitto import Mosquitto, start_mosquitto
+from agents.transport.broker import BrokerProcess, start_mosquitto
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,7 @@ def sample_path() -> Path:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
     """A real mosquitto on a free loopback port with the development settings."""
     with start_mosquitto(tmp_path / "mosquitto") as running:
         yield running

@@ -15,12 +15,12 @@ from typing import Any
 import yaml
 
 from agents.datasets import SAMPLE_TAR
-from agents.transport.mosquitto import Mosquitto
+from agents.transport.broker import BrokerProcess
 from agents.transport.mqtt import LinkSettings, MqttLink
 from agents.transport.topics import Topics
 
 
-def write_config(tmp: Path, broker: Mosquitto, **overrides: Any) -> Path:
+def write_config(tmp: Path, broker: BrokerProcess, **overrides: Any) -> Path:
     """A deployment on ``broker`` using the shipped models; ``overrides`` replace top-level sections."""
     cfg: dict[str, Any] = {
         "deployment": "t",
@@ -62,7 +62,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
 class Watcher:
     """Subscribes to every agent's status and health topic of deployment ``t``."""
 
-    def __init__(self, broker: Mosquitto, deployment: str = "t") -> None:
+    def __init__(self, broker: BrokerProcess, deployment: str = "t") -> None:
         self.topics = Topics(deployment)
         self.events: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.health: dict[str, dict[str, Any]] = {}

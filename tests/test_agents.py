@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from agents.transport.broker import BrokerProcess
 from agents.transport.envelope import MAGIC, Envelope, encode
 from agents.transport.images import encode_image
-from agents.transport.mosquitto import Mosquitto
 from tests.harness import Watcher, records, spawn, stop, write_config
 
 
@@ -23,7 +23,7 @@ def _answers(tmp: Path) -> Counter[str]:
     return Counter(r["request_id"] for r in records(tmp))
 
 
-def test_every_frame_gets_exactly_one_answer(tmp_path: Path, broker: Mosquitto) -> None:
+def test_every_frame_gets_exactly_one_answer(tmp_path: Path, broker: BrokerProcess) -> None:
     cfg = write_config(tmp_path, broker)
     watcher = Watcher(broker)
     edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
@@ -64,7 +64,7 @@ def _bad_messages() -> list[bytes]:
     ]
 
 
-def test_bad_input_is_rejected_counted_and_valid_traffic_flows(tmp_path: Path, broker: Mosquitto) -> None:
+def test_bad_input_is_rejected_counted_and_valid_traffic_flows(tmp_path: Path, broker: BrokerProcess) -> None:
     cfg = write_config(tmp_path, broker)
     watcher = Watcher(broker)
     edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
@@ -96,7 +96,7 @@ def test_bad_input_is_rejected_counted_and_valid_traffic_flows(tmp_path: Path, b
         watcher.close()
 
 
-def test_sigterm_publishes_stopped_and_exits_zero(tmp_path: Path, broker: Mosquitto) -> None:
+def test_sigterm_publishes_stopped_and_exits_zero(tmp_path: Path, broker: BrokerProcess) -> None:
     cfg = write_config(tmp_path, broker)
     watcher = Watcher(broker)
     edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
@@ -109,7 +109,7 @@ def test_sigterm_publishes_stopped_and_exits_zero(tmp_path: Path, broker: Mosqui
         watcher.close()
 
 
-def test_killed_edge_leaves_offline_and_timeouts_the_survivor_carries(tmp_path: Path, broker: Mosquitto) -> None:
+def test_killed_edge_leaves_offline_and_timeouts_the_survivor_carries(tmp_path: Path, broker: BrokerProcess) -> None:
     cfg = write_config(tmp_path, broker)
     watcher = Watcher(broker)
     edges = [spawn(tmp_path, "edge", "--config", str(cfg), "--id", f"edge-{i}", name=f"edge{i}") for i in (1, 2)]
@@ -132,7 +132,7 @@ def test_killed_edge_leaves_offline_and_timeouts_the_survivor_carries(tmp_path: 
         watcher.close()
 
 
-def test_broker_restart_mid_run_every_frame_answered_once(tmp_path: Path, broker: Mosquitto) -> None:
+def test_broker_restart_mid_run_every_frame_answered_once(tmp_path: Path, broker: BrokerProcess) -> None:
     cfg = write_config(tmp_path, broker)
     watcher = Watcher(broker)
     edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import queue
 import socket
+from pathlib import Path
 from typing import Any
 
-from agents.transport.mosquitto import Mosquitto, broker_config
+import pytest
+
+from agents.transport import broker as broker_module
+from agents.transport.broker import BrokerProcess, broker_config
 from agents.transport.mqtt import LinkSettings, MqttLink
 
 
@@ -21,7 +25,7 @@ class Inbox:
         return self.items.get(timeout=timeout)
 
 
-def _link(broker: Mosquitto, cid: str, inbox: Inbox, status: str | None = None, protocol: int = 5) -> MqttLink:
+def _link(broker: BrokerProcess, cid: str, inbox: Inbox, status: str | None = None, protocol: int = 5) -> MqttLink:
     link = MqttLink(cid, LinkSettings(host=broker.host, port=broker.port, protocol=protocol), inbox, status)
     link.start()
     assert link.wait_connected(10)
@@ -34,7 +38,7 @@ def test_generated_config_keeps_the_latency_settings(tmp_path: Any) -> None:
     assert "listener 1883" not in conf
 
 
-def test_request_response_round_trip_with_nodelay(broker: Mosquitto) -> None:
+def test_request_response_round_trip_with_nodelay(broker: BrokerProcess) -> None:
     a_in, b_in = Inbox(), Inbox()
     a = _link(broker, "a", a_in)
     b = _link(broker, "b", b_in, protocol=4)
@@ -59,7 +63,7 @@ def test_request_response_round_trip_with_nodelay(broker: Mosquitto) -> None:
         b.close()
 
 
-def test_status_online_then_stopped_and_resubscribe_after_restart(broker: Mosquitto) -> None:
+def test_status_online_then_stopped_and_resubscribe_after_restart(broker: BrokerProcess) -> None:
     watch_in, agent_in = Inbox(), Inbox()
     watcher = _link(broker, "watcher", watch_in)
     watcher.subscribe("cascade/test/agents/+/status")
@@ -92,3 +96,20 @@ def test_status_online_then_stopped_and_resubscribe_after_restart(broker: Mosqui
             assert topic == "cascade/test/agents/agent-1/status"
             break
     watcher.close()
+
+
+def test_embedded_broker_when_mosquitto_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(broker_module, "mosquitto_binary", lambda: None)
+    with broker_module.start_any_broker(tmp_path / "amqtt") as embedded:
+        assert embedded.kind == "amqtt" and embedded.protocol == "3.1.1" and not embedded.shared_subscriptions
+        a_in, b_in = Inbox(), Inbox()
+        a = _link(embedded, "a", a_in, status="cascade/t/agents/a/status", protocol=4)
+        b = _link(embedded, "b", b_in, protocol=4)
+        try:
+            b.subscribe("cascade/t/#")
+            assert b_in.get(10) == ("cascade/t/agents/a/status", b"online")  # retained
+            a.publish("cascade/t/x", b"over amqtt")
+            assert b_in.get(10) == ("cascade/t/x", b"over amqtt")
+        finally:
+            a.close()
+            b.close()

@@ -1,15 +1,20 @@
-"""Start a private mosquitto on a free loopback port (tests, benchmarks and the demo).
+"""Start a private broker on a free loopback port (tests, benchmarks and the demo).
 
-The generated configuration is ``broker/mosquitto.conf``'s settings with the
-listener moved to the chosen port and persistence inside the given directory, so
-the committed development config is exactly what the tests exercise.
+mosquitto when it is installed: the generated configuration is
+``broker/mosquitto.conf``'s settings with the listener moved to the chosen port and
+persistence inside the given directory, so the committed development config is
+exactly what the tests exercise. Otherwise, for the demo only, the embedded
+pure-Python broker amqtt (MQTT 3.1.1, no shared subscriptions), from the
+``embedded`` extra.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +55,24 @@ def broker_config(port: int, workdir: Path) -> str:
 
 
 @dataclass
-class Mosquitto:
+class BrokerProcess:
     """A running private broker; ``stop`` it (or use it as a context manager)."""
 
     host: str
     port: int
     workdir: Path
     process: subprocess.Popen[bytes]
+    kind: str = "mosquitto"
+
+    @property
+    def protocol(self) -> str:
+        """The MQTT version clients should speak to it."""
+        return "5" if self.kind == "mosquitto" else "3.1.1"
+
+    @property
+    def shared_subscriptions(self) -> bool:
+        """Whether ``$share/<group>/...`` subscriptions work on it."""
+        return self.kind == "mosquitto"
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate the broker and wait for it."""
@@ -71,9 +87,9 @@ class Mosquitto:
     def restart(self, timeout: float = 10.0) -> None:
         """Stop and start again on the same port (persistence keeps queued QoS 1 messages)."""
         self.stop()
-        self.process = _launch(self.workdir, self.port, timeout)
+        self.process = _launch(self.workdir, self.port, timeout, self.kind)
 
-    def __enter__(self) -> Mosquitto:
+    def __enter__(self) -> BrokerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -93,13 +109,23 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float)
     raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
-def _launch(workdir: Path, port: int, timeout: float) -> subprocess.Popen[bytes]:
-    binary = mosquitto_binary()
-    if binary is None:
-        raise UserError("mosquitto is not installed: apt-get install mosquitto (or point the config at a broker)")
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(broker_config(port, workdir))
-    process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _launch(workdir: Path, port: int, timeout: float, kind: str = "mosquitto") -> subprocess.Popen[bytes]:
+    if kind == "amqtt":
+        conf = workdir / "amqtt.yaml"
+        conf.write_text(
+            f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n"
+        )
+        cmd = [sys.executable, "-c", "from amqtt.scripts.broker_script import main; main()", "-c", str(conf)]
+    else:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise UserError("mosquitto is not installed: apt-get install mosquitto (or point the config at a broker)")
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(broker_config(port, workdir))
+        cmd = [binary, "-c", str(conf)]
+    log = (workdir / f"{kind}.out").open("wb")
+    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_listening(port, process, timeout)
     except RuntimeError:
@@ -108,8 +134,22 @@ def _launch(workdir: Path, port: int, timeout: float) -> subprocess.Popen[bytes]
     return process
 
 
-def start_mosquitto(workdir: Path, port: int | None = None, timeout: float = 10.0) -> Mosquitto:
+def start_mosquitto(workdir: Path, port: int | None = None, timeout: float = 10.0) -> BrokerProcess:
     """Start mosquitto with the development settings on ``port`` (a free one by default)."""
     workdir.mkdir(parents=True, exist_ok=True)
     chosen = port or free_port()
-    return Mosquitto("127.0.0.1", chosen, workdir, _launch(workdir, chosen, timeout))
+    return BrokerProcess("127.0.0.1", chosen, workdir, _launch(workdir, chosen, timeout))
+
+
+def start_any_broker(workdir: Path, timeout: float = 20.0) -> BrokerProcess:
+    """Start mosquitto if installed, else the embedded amqtt broker; a clear error if neither is there."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if mosquitto_binary() is not None:
+        return start_mosquitto(workdir, timeout=timeout)
+    if importlib.util.find_spec("amqtt") is None:
+        raise UserError(
+            "no MQTT broker: install mosquitto (apt-get install mosquitto) "
+            "or the embedded one (pip install 'cascade-agents[embedded]')"
+        )
+    port = free_port()
+    return BrokerProcess("127.0.0.1", port, workdir, _launch(workdir, port, timeout, "amqtt"), kind="amqtt")
