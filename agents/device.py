@@ -108,7 +108,6 @@ class DeviceAgent(Agent):
         if src.kind != "sensor":
             yield from paced(open_source(src), src, self.stop, self.frames_limit)
             return
-        self.link.subscribe(self.topics.frames(str(src.sensor)), qos=1)
         n = 0
         while not self.stop.is_set() and (self.frames_limit is None or n < self.frames_limit):
             try:
@@ -254,6 +253,8 @@ class DeviceAgent(Agent):
     def run(self) -> int:
         """Process the source until it ends (or the stop event), wait for the answers in flight, exit 0."""
         self.link.subscribe(self.reply_topic, qos=1)
+        if self.dcfg.source.kind == "sensor":  # before connecting, so no frame precedes the subscription
+            self.link.subscribe(self.topics.frames(str(self.dcfg.source.sensor)), qos=1)
         self.link.start()
         if not self.link.wait_connected(10):
             log.warning(

@@ -1,0 +1,72 @@
+"""`cascade demo` and `cascade replay` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from agents.datasets import SAMPLE_TAR
+from agents.transport.broker import BrokerProcess
+from tests.harness import Watcher, records, spawn, stop, write_config
+
+
+def test_demo_answers_every_frame_and_writes_the_summary(tmp_path: Path) -> None:
+    out = tmp_path / "demo.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agents.cli",
+            "demo",
+            "--frames",
+            "120",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(out.read_text())
+    assert summary["frames"] == summary["answered"] == 120 and summary["lost"] == 0
+    assert {"frames", "answered", "lost", "timeouts", "accuracy", "offload_fraction", "by_tier", "latency_ms"} <= set(
+        summary
+    )
+    assert set(summary["by_tier"]) == {"device", "edge", "cloud"}
+    assert abs(sum(summary["by_tier"].values()) - 1.0) < 1e-6
+    assert 0.0 < summary["offload_fraction"] < 1.0
+    assert {"p50", "p95", "p99"} == set(summary["latency_ms"])
+    assert "answered" in proc.stdout and "latency" in proc.stdout
+
+
+def test_replayed_sensor_feeds_a_device(tmp_path: Path, broker: BrokerProcess) -> None:
+    sensor_source = {"kind": "imagefolder", "path": str(SAMPLE_TAR), "rate": "fixed", "fps": 200, "shuffle": True}
+    cfg = write_config(
+        tmp_path,
+        broker,
+        sensors=[{"id": "cam1", "source": sensor_source}],
+        devices=[
+            {"id": "dev1", "threshold": 0.9, "threads": 1, "source": {"kind": "sensor", "sensor": "cam1"}},
+        ],
+    )
+    watcher = Watcher(broker)
+    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
+    try:
+        watcher.wait_status("edge-1", b"online")
+        device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", name="device")
+        watcher.wait_status("dev1", b"online")
+        replay = spawn(tmp_path, "replay", "--config", str(cfg), "--sensor", "cam1", "--frames", "100", name="replay")
+        assert replay.wait(120) == 0
+        assert device.wait(120) == 0  # the replay's end marker ends the device's stream
+        got = records(tmp_path)
+        assert len({r["request_id"] for r in got}) == 100
+        assert all(r["label"] is not None for r in got)
+        assert sum(r["correct"] for r in got) > 50
+    finally:
+        assert stop(edge) == 0
+        watcher.close()

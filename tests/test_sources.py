@@ -1,0 +1,71 @@
+"""Frame sources: order, shuffle, loop, limit and pacing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.config import SourceConfig
+from agents.datasets import ImageSet
+from agents.errors import UserError
+from agents.sources import open_source, paced
+
+
+def _cfg(sample_path: Path, **kw: object) -> SourceConfig:
+    return SourceConfig.model_validate({"kind": "imagefolder", "path": str(sample_path), **kw})
+
+
+def test_in_order_with_labels(sample_path: Path, sample: ImageSet) -> None:
+    frames = list(paced(open_source(_cfg(sample_path)), _cfg(sample_path), threading.Event(), limit=5))
+    assert [f.index for f in frames] == [0, 1, 2, 3, 4]
+    assert all(np.array_equal(f.image, sample.images[i]) and f.label == sample.labels[i] for i, f in enumerate(frames))
+
+
+def test_seeded_shuffle_matches_eval_limit_selection(sample_path: Path, sample: ImageSet) -> None:
+    from agents.evaluation.report import limit_images
+
+    cfg = _cfg(sample_path, shuffle=True, seed=0)
+    labels = [int(f.label or 0) for f in paced(open_source(cfg), cfg, threading.Event(), limit=300)]
+    chosen = limit_images(sample, 300)
+    # Same images as `cascade eval --limit 300` (in another order): the online/offline comparison rests on it.
+    assert sorted(labels) == sorted(int(x) for x in chosen.labels)
+    again = [int(f.label or 0) for f in paced(open_source(cfg), cfg, threading.Event(), limit=300)]
+    assert labels == again
+
+
+def test_loop_and_limit(sample_path: Path) -> None:
+    cfg = _cfg(sample_path, loop=True, limit=1500)
+    assert sum(1 for _ in open_source(cfg)) == 1500
+
+
+def test_fixed_rate_paces_and_stop_ends_it(sample_path: Path) -> None:
+    cfg = _cfg(sample_path, rate="fixed", fps=100)
+    t0 = time.monotonic()
+    n = sum(1 for _ in paced(open_source(cfg), cfg, threading.Event(), limit=20))
+    assert n == 20 and time.monotonic() - t0 >= 0.19
+    stop = threading.Event()
+    stop.set()
+    assert list(paced(open_source(cfg), cfg, stop)) == []
+
+
+def test_poisson_gaps_average_one_over_fps(sample_path: Path) -> None:
+    cfg = _cfg(sample_path, rate="poisson", fps=400, seed=3)
+    stamps = [f.capture_ns for f in paced(open_source(cfg), cfg, threading.Event(), limit=200)]
+    mean_gap = (stamps[-1] - stamps[0]) / 199 / 1e9
+    assert 0.5 / 400 < mean_gap < 2.0 / 400
+
+
+def test_video_without_opencv_says_what_to_install(tmp_path: Path) -> None:
+    cfg = SourceConfig.model_validate({"kind": "video", "path": str(tmp_path / "x.mp4")})
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="OpenCV"):
+            next(open_source(cfg))
+    else:
+        with pytest.raises(UserError, match="cannot open"):
+            next(open_source(cfg))
