@@ -179,6 +179,7 @@ class DeviceAgent(Agent):
             encode(env),
             qos=1,
             expiry_s=max(1, int(self.dcfg.deadline_ms / 1000) + 1),
+            response_topic=self.reply_topic,
         )
         self.count("offloaded")
 
@@ -198,6 +199,13 @@ class DeviceAgent(Agent):
         if pending is None:
             if self._finished.get(rid) == "timeout":
                 self.count("late_replies")
+                deadline_ns = dict(env.stamps).get("capture", 0) + int(self.dcfg.deadline_ms * 1e6)
+                self.writer.write_late(
+                    rid,
+                    str(env.header.get("tier")),
+                    int(env.header.get("prediction", -1)),
+                    (time.time_ns() - deadline_ns) / 1e6,
+                )
             elif rid in self._finished:
                 self.count("duplicate_replies")
             else:

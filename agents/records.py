@@ -151,6 +151,7 @@ class RecordWriter:
         self._lock = threading.Lock()
         self._jsonl: TextIO = (run_dir / "frames.jsonl").open("a", buffering=1 << 16)
         self._lp: TextIO = (run_dir / "frames.lp").open("a", buffering=1 << 16)
+        self._late: TextIO | None = None
         self.count = 0
 
     def write(self, record: FrameRecord) -> None:
@@ -159,6 +160,19 @@ class RecordWriter:
             self._jsonl.write(json.dumps(record.to_dict(), separators=(",", ":")) + "\n")
             self._lp.write(record.to_line_protocol() + "\n")
             self.count += 1
+
+    def write_late(self, request_id: str, tier: str, prediction: int, after_deadline_ms: float) -> None:
+        """Note a reply that came after its frame was answered locally (the answer stays as it was)."""
+        line = {
+            "request_id": request_id,
+            "tier": tier,
+            "prediction": prediction,
+            "after_deadline_ms": round(after_deadline_ms, 3),
+        }
+        with self._lock:
+            if self._late is None:
+                self._late = (self.run_dir / "late_replies.jsonl").open("a")
+            self._late.write(json.dumps(line) + "\n")
 
     def flush(self) -> None:
         """Push buffered records to the files."""
@@ -171,6 +185,8 @@ class RecordWriter:
         with self._lock:
             self._jsonl.close()
             self._lp.close()
+            if self._late is not None:
+                self._late.close()
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:

@@ -150,3 +150,23 @@ def test_broker_restart_mid_run_every_frame_answered_once(tmp_path: Path, broker
     finally:
         assert stop(edge) == 0
         watcher.close()
+
+
+def test_passed_deadline_gives_the_local_answer(tmp_path: Path, broker: BrokerProcess) -> None:
+    cfg = write_config(tmp_path, broker)
+    text = cfg.read_text().replace("deadline_ms: 3000", "deadline_ms: 1")
+    cfg.write_text(text)
+    watcher = Watcher(broker)
+    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
+    try:
+        watcher.wait_status("edge-1", b"online")
+        device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", "--frames", "100", name="device")
+        assert device.wait(240) == 0
+        got = records(tmp_path)
+        assert len({r["request_id"] for r in got}) == 100
+        timeouts = [r for r in got if r["outcome"] == "timeout"]
+        assert timeouts and all(r["tier"] == "device" and r["prediction"] >= 0 for r in timeouts)
+        assert not [r for r in got if r["outcome"] == "remote"]
+    finally:
+        assert stop(edge) == 0
+        watcher.close()

@@ -112,13 +112,26 @@ class MqttLink:
             self.client.subscribe(topic, qos)
 
     def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, expiry_s: int | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        expiry_s: int | None = None,
+        response_topic: str | None = None,
     ) -> None:
-        """Queue a message for sending; paho's thread writes it (queued while disconnected)."""
+        """Queue a message for sending; paho's thread writes it (queued while disconnected).
+
+        With MQTT 5, ``expiry_s`` and ``response_topic`` also go out as properties; the
+        envelope carries the same facts for 3.1.1 brokers.
+        """
         props = None
-        if self.mqtt5 and expiry_s:
+        if self.mqtt5 and (expiry_s or response_topic):
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.MessageExpiryInterval = max(1, int(expiry_s))
+            if expiry_s:
+                props.MessageExpiryInterval = max(1, int(expiry_s))
+            if response_topic:
+                props.ResponseTopic = response_topic
         self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
 
     def close(self, final_status: bytes = b"stopped", timeout: float = 3.0) -> None:
