@@ -84,7 +84,7 @@ def run_demo(args: argparse.Namespace) -> int:
         events: queue.Queue[tuple[str, bytes]] = queue.Queue()
         watcher = MqttLink(
             f"cascade-demo-{os.getpid()}",
-            LinkSettings(host=broker.host, port=broker.port),
+            LinkSettings(host=broker.host, port=broker.port, protocol=5 if broker.protocol == "5" else 4),
             lambda t, p, _props: events.put((t, p)),
         )
         watcher.subscribe(f"{topics.root}/agents/+/status")
@@ -96,7 +96,7 @@ def run_demo(args: argparse.Namespace) -> int:
         _wait_online(events, [f"{t}-1" for t in tiers], procs, timeout=120)
         device = cfg.devices[0]
         print(
-            f"broker 127.0.0.1:{broker.port}; {', '.join(tiers)} online; device {device.id} starts "
+            f"{broker.kind} on 127.0.0.1:{broker.port}; {', '.join(tiers)} online; device {device.id} starts "
             f"({args.frames} frames, threshold {device.threshold})",
             flush=True,
         )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from agents.datasets import SAMPLE_TAR
 from agents.transport.broker import BrokerProcess
@@ -70,3 +73,25 @@ def test_replayed_sensor_feeds_a_device(tmp_path: Path, broker: BrokerProcess) -
     finally:
         assert stop(edge) == 0
         watcher.close()
+
+
+def test_demo_runs_on_the_embedded_broker_without_mosquitto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.demo import run_demo
+    from agents.transport import broker as broker_module
+
+    monkeypatch.setattr(broker_module, "mosquitto_binary", lambda: None)
+    out = tmp_path / "demo.json"
+    args = argparse.Namespace(
+        frames=60,
+        source=None,
+        config=None,
+        threshold=None,
+        edge_threshold=None,
+        no_cloud=True,
+        run_dir=str(tmp_path / "run"),
+        json=str(out),
+    )
+    assert run_demo(args) == 0
+    summary = json.loads(out.read_text())
+    assert summary["answered"] == 60 and summary["lost"] == 0 and summary["by_tier"]["edge"] > 0
+    assert (tmp_path / "run" / "broker" / "amqtt.yaml").exists()
