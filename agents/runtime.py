@@ -11,10 +11,8 @@ import time
 from collections import Counter
 from typing import Any
 
-import numpy as np
-import torch
-
 from agents.config import DeploymentConfig
+from agents.errors import UserError
 from agents.models.checkpoint import load_checkpoint, temperatures
 from agents.models.staged import StagedModel
 from agents.transport.mqtt import LinkSettings, MessageHandler, MqttLink
@@ -45,8 +43,6 @@ def exit_thresholds(threshold: float | list[float], num_exits: int, what: str) -
     """One threshold per exit from a single value or a per-exit list."""
     if isinstance(threshold, list):
         if len(threshold) != num_exits:
-            from agents.errors import UserError
-
             raise UserError(f"{what}: {len(threshold)} thresholds for a model with {num_exits} exits")
         return list(threshold)
     return [float(threshold)] * num_exits
@@ -126,8 +122,3 @@ class Agent:
         if now >= self._next_health:
             self._next_health = now + every_s
             self.link.publish(self.topics.health(self.id), json.dumps(self.health()).encode(), qos=0)
-
-
-def calibrated_probs_np(logits: torch.Tensor, temperature: float) -> np.ndarray:
-    """Softmax of ``logits / temperature`` as numpy."""
-    return torch.softmax(logits / temperature, dim=1).numpy()
