@@ -9,6 +9,7 @@ import pytest
 
 from agents.datasets import SAMPLE_TAR, ImageSet, load_image_set
 from agents.transport.broker import BrokerProcess, start_mosquitto
+from tests.harness import Watcher
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +35,11 @@ def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
     """A real mosquitto on a free loopback port with the development settings."""
     with start_mosquitto(tmp_path / "mosquitto") as running:
         yield running
+
+
+@pytest.fixture
+def watcher(broker: BrokerProcess) -> Iterator[Watcher]:
+    """A client watching every agent's status and health on ``broker``."""
+    w = Watcher(broker)
+    yield w
+    w.close()

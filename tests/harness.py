@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,21 @@ def spawn(tmp: Path, *args: str, name: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = (tmp / f"{name}.log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "agents.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+@contextmanager
+def edge_workers(tmp: Path, cfg: Path, watcher: Watcher, count: int = 1) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start ``count`` edge workers (edge-1, edge-2, ...), wait until online; stop the living ones afterwards."""
+    procs = [
+        spawn(tmp, "edge", "--config", str(cfg), "--id", f"edge-{i}", name=f"edge{i}") for i in range(1, count + 1)
+    ]
+    try:
+        for i in range(1, count + 1):
+            watcher.wait_status(f"edge-{i}", b"online")
+        yield procs
+    finally:
+        codes = [stop(p) for p in procs if p.poll() is None]
+    assert all(code == 0 for code in codes), f"edge exit codes {codes}"
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:

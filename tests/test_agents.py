@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import struct
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -16,33 +17,32 @@ from PIL import Image
 from agents.transport.broker import BrokerProcess
 from agents.transport.envelope import MAGIC, Envelope, encode
 from agents.transport.images import encode_image
-from tests.harness import Watcher, records, spawn, stop, write_config
+from tests.harness import Watcher, edge_workers, records, spawn, write_config
 
 
 def _answers(tmp: Path) -> Counter[str]:
     return Counter(r["request_id"] for r in records(tmp))
 
 
-def test_every_frame_gets_exactly_one_answer(tmp_path: Path, broker: BrokerProcess) -> None:
+def _device(tmp: Path, cfg: Path, frames: int) -> subprocess.Popen[bytes]:
+    return spawn(tmp, "device", "--config", str(cfg), "--id", "dev1", "--frames", str(frames), name="device")
+
+
+def _one_answer_each(tmp: Path, frames: int) -> None:
+    answers = _answers(tmp)
+    assert len(answers) == frames and set(answers.values()) == {1}
+
+
+def test_every_frame_gets_exactly_one_answer(tmp_path: Path, broker: BrokerProcess, watcher: Watcher) -> None:
     cfg = write_config(tmp_path, broker)
-    watcher = Watcher(broker)
-    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
-    try:
-        watcher.wait_status("edge-1", b"online")
-        device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", "--frames", "200", name="device")
-        assert device.wait(240) == 0
-        answers = _answers(tmp_path)
-        assert len(answers) == 200 and set(answers.values()) == {1}
-        outcomes = Counter(r["outcome"] for r in records(tmp_path))
-        assert outcomes["remote"] > 0 and outcomes["local"] > 0, outcomes
-        remote = [r for r in records(tmp_path) if r["outcome"] == "remote"]
-        assert all(r["tier"] == "edge" and r["model"] == "edge-medium" for r in remote)
-        assert all(
-            {"capture", "publish", "edge_receive", "edge_end", "device_receive"} <= set(r["stamps"]) for r in remote
-        )
-    finally:
-        assert stop(edge) == 0
-        watcher.close()
+    with edge_workers(tmp_path, cfg, watcher):
+        assert _device(tmp_path, cfg, 200).wait(240) == 0
+    _one_answer_each(tmp_path, 200)
+    outcomes = Counter(r["outcome"] for r in records(tmp_path))
+    assert outcomes["remote"] > 0 and outcomes["local"] > 0, outcomes
+    remote = [r for r in records(tmp_path) if r["outcome"] == "remote"]
+    assert all(r["tier"] == "edge" and r["model"] == "edge-medium" for r in remote)
+    assert all({"capture", "publish", "edge_receive", "edge_end", "device_receive"} <= set(r["stamps"]) for r in remote)
 
 
 def _bad_messages() -> list[bytes]:
@@ -64,23 +64,21 @@ def _bad_messages() -> list[bytes]:
     ]
 
 
-def test_bad_input_is_rejected_counted_and_valid_traffic_flows(tmp_path: Path, broker: BrokerProcess) -> None:
+def test_bad_input_is_rejected_counted_and_valid_traffic_flows(
+    tmp_path: Path, broker: BrokerProcess, watcher: Watcher
+) -> None:
     cfg = write_config(tmp_path, broker)
-    watcher = Watcher(broker)
-    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
-    try:
-        watcher.wait_status("edge-1", b"online")
+    with edge_workers(tmp_path, cfg, watcher) as (edge,):
         bad = _bad_messages()
         for payload in bad:
             watcher.link.publish("cascade/t/edge/requests", payload, qos=1)
-        device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", "--frames", "150", name="device")
+        device = _device(tmp_path, cfg, 150)
         watcher.wait_status("dev1", b"online")
         for payload in [b"junk", *bad[:2], encode(Envelope({"id": "nobody", "kind": "result"}))]:
             watcher.link.publish("cascade/t/device/dev1/results", payload, qos=1)
         assert device.wait(240) == 0
         assert edge.poll() is None, "the edge died on bad input"
-        answers = _answers(tmp_path)
-        assert len(answers) == 150 and set(answers.values()) == {1}
+        _one_answer_each(tmp_path, 150)
 
         def rejected(w: Watcher, agent: str) -> int:
             counters = w.health.get(agent, {}).get("counters", {})
@@ -91,82 +89,53 @@ def test_bad_input_is_rejected_counted_and_valid_traffic_flows(tmp_path: Path, b
         for kind in ("garbage", "version", "truncated", "oversized", "shape", "image", "header"):
             assert edge_counters.get(f"rejected_{kind}", 0) >= 1, (kind, edge_counters)
         watcher.wait_for(lambda w: rejected(w, "dev1") >= 4, 30, "device rejections")
-    finally:
-        assert stop(edge) == 0
-        watcher.close()
 
 
-def test_sigterm_publishes_stopped_and_exits_zero(tmp_path: Path, broker: BrokerProcess) -> None:
+def test_sigterm_publishes_stopped_and_exits_zero(tmp_path: Path, broker: BrokerProcess, watcher: Watcher) -> None:
     cfg = write_config(tmp_path, broker)
-    watcher = Watcher(broker)
-    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
-    try:
-        watcher.wait_status("edge-1", b"online")
+    with edge_workers(tmp_path, cfg, watcher) as (edge,):
         edge.send_signal(signal.SIGTERM)
         assert edge.wait(5) == 0
         watcher.wait_status("edge-1", b"stopped", timeout=5)
-    finally:
-        watcher.close()
 
 
-def test_killed_edge_leaves_offline_and_timeouts_the_survivor_carries(tmp_path: Path, broker: BrokerProcess) -> None:
+def test_killed_edge_leaves_offline_and_the_survivor_carries(
+    tmp_path: Path, broker: BrokerProcess, watcher: Watcher
+) -> None:
     cfg = write_config(tmp_path, broker)
-    watcher = Watcher(broker)
-    edges = [spawn(tmp_path, "edge", "--config", str(cfg), "--id", f"edge-{i}", name=f"edge{i}") for i in (1, 2)]
-    try:
-        watcher.wait_status("edge-1", b"online")
-        watcher.wait_status("edge-2", b"online")
-        device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", "--frames", "400", name="device")
+    with edge_workers(tmp_path, cfg, watcher, count=2) as (first, _second):
+        device = _device(tmp_path, cfg, 400)
         watcher.wait_for(lambda w: w.health.get("dev1", {}).get("answered", 0) >= 100, 120, "100 answers")
-        os.kill(edges[0].pid, signal.SIGKILL)
+        os.kill(first.pid, signal.SIGKILL)
         watcher.wait_status("edge-1", b"offline", timeout=60)  # last will
         assert device.wait(300) == 0
-        answers = _answers(tmp_path)
-        assert len(answers) == 400 and set(answers.values()) == {1}
-        late = [r for r in records(tmp_path) if r["frame"] >= 300 and r["outcome"] == "remote"]
-        assert late, "no frame was answered by the surviving edge after the kill"
-    finally:
-        for e in edges:
-            if e.poll() is None:
-                stop(e)
-        watcher.close()
+    _one_answer_each(tmp_path, 400)
+    late = [r for r in records(tmp_path) if r["frame"] >= 300 and r["outcome"] == "remote"]
+    assert late, "no frame was answered by the surviving edge after the kill"
 
 
-def test_broker_restart_mid_run_every_frame_answered_once(tmp_path: Path, broker: BrokerProcess) -> None:
+def test_broker_restart_mid_run_every_frame_answered_once(
+    tmp_path: Path, broker: BrokerProcess, watcher: Watcher
+) -> None:
     cfg = write_config(tmp_path, broker)
-    watcher = Watcher(broker)
-    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
-    try:
-        watcher.wait_status("edge-1", b"online")
-        device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", "--frames", "300", name="device")
+    with edge_workers(tmp_path, cfg, watcher) as (edge,):
+        device = _device(tmp_path, cfg, 300)
         watcher.wait_for(lambda w: w.health.get("dev1", {}).get("answered", 0) >= 80, 120, "80 answers")
         broker.restart()
         assert device.wait(300) == 0
-        answers = _answers(tmp_path)
-        assert len(answers) == 300 and set(answers.values()) == {1}
-        after = [r for r in records(tmp_path) if r["outcome"] == "remote" and r["frame"] >= 250]
-        assert after, "no remote answer after the broker restart: the agents did not reconnect and resubscribe"
         assert edge.poll() is None
-    finally:
-        assert stop(edge) == 0
-        watcher.close()
+    _one_answer_each(tmp_path, 300)
+    after = [r for r in records(tmp_path) if r["outcome"] == "remote" and r["frame"] >= 250]
+    assert after, "no remote answer after the broker restart: the agents did not reconnect and resubscribe"
 
 
-def test_passed_deadline_gives_the_local_answer(tmp_path: Path, broker: BrokerProcess) -> None:
+def test_passed_deadline_gives_the_local_answer(tmp_path: Path, broker: BrokerProcess, watcher: Watcher) -> None:
     cfg = write_config(tmp_path, broker)
-    text = cfg.read_text().replace("deadline_ms: 3000", "deadline_ms: 1")
-    cfg.write_text(text)
-    watcher = Watcher(broker)
-    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
-    try:
-        watcher.wait_status("edge-1", b"online")
-        device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", "--frames", "100", name="device")
-        assert device.wait(240) == 0
-        got = records(tmp_path)
-        assert len({r["request_id"] for r in got}) == 100
-        timeouts = [r for r in got if r["outcome"] == "timeout"]
-        assert timeouts and all(r["tier"] == "device" and r["prediction"] >= 0 for r in timeouts)
-        assert not [r for r in got if r["outcome"] == "remote"]
-    finally:
-        assert stop(edge) == 0
-        watcher.close()
+    cfg.write_text(cfg.read_text().replace("deadline_ms: 3000", "deadline_ms: 1"))
+    with edge_workers(tmp_path, cfg, watcher):
+        assert _device(tmp_path, cfg, 100).wait(240) == 0
+    _one_answer_each(tmp_path, 100)
+    got = records(tmp_path)
+    timeouts = [r for r in got if r["outcome"] == "timeout"]
+    assert timeouts and all(r["tier"] == "device" and r["prediction"] >= 0 for r in timeouts)
+    assert not [r for r in got if r["outcome"] == "remote"]

@@ -12,7 +12,7 @@ import pytest
 
 from agents.datasets import SAMPLE_TAR
 from agents.transport.broker import BrokerProcess
-from tests.harness import Watcher, records, spawn, stop, write_config
+from tests.harness import Watcher, edge_workers, records, spawn, write_config
 
 
 def test_demo_answers_every_frame_and_writes_the_summary(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_demo_answers_every_frame_and_writes_the_summary(tmp_path: Path) -> None
     assert "answered" in proc.stdout and "latency" in proc.stdout
 
 
-def test_replayed_sensor_feeds_a_device(tmp_path: Path, broker: BrokerProcess) -> None:
+def test_replayed_sensor_feeds_a_device(tmp_path: Path, broker: BrokerProcess, watcher: Watcher) -> None:
     sensor_source = {"kind": "imagefolder", "path": str(SAMPLE_TAR), "rate": "fixed", "fps": 200, "shuffle": True}
     cfg = write_config(
         tmp_path,
@@ -57,22 +57,16 @@ def test_replayed_sensor_feeds_a_device(tmp_path: Path, broker: BrokerProcess) -
             {"id": "dev1", "threshold": 0.9, "threads": 1, "source": {"kind": "sensor", "sensor": "cam1"}},
         ],
     )
-    watcher = Watcher(broker)
-    edge = spawn(tmp_path, "edge", "--config", str(cfg), "--id", "edge-1", name="edge")
-    try:
-        watcher.wait_status("edge-1", b"online")
+    with edge_workers(tmp_path, cfg, watcher):
         device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", name="device")
         watcher.wait_status("dev1", b"online")
         replay = spawn(tmp_path, "replay", "--config", str(cfg), "--sensor", "cam1", "--frames", "100", name="replay")
         assert replay.wait(120) == 0
         assert device.wait(120) == 0  # the replay's end marker ends the device's stream
-        got = records(tmp_path)
-        assert len({r["request_id"] for r in got}) == 100
-        assert all(r["label"] is not None for r in got)
-        assert sum(r["correct"] for r in got) > 50
-    finally:
-        assert stop(edge) == 0
-        watcher.close()
+    got = records(tmp_path)
+    assert len({r["request_id"] for r in got}) == 100
+    assert all(r["label"] is not None for r in got)
+    assert sum(r["correct"] for r in got) > 50
 
 
 def test_demo_runs_on_the_embedded_broker_without_mosquitto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

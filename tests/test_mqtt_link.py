@@ -25,6 +25,18 @@ class Inbox:
         return self.items.get(timeout=timeout)
 
 
+def deliver(sender: MqttLink, topic: str, payload: bytes, inbox: Inbox) -> None:
+    """Publish until the message arrives: subscriptions settle asynchronously, so the first may find none."""
+    for _ in range(50):
+        sender.publish(topic, payload)
+        try:
+            assert inbox.get(0.1) == (topic, payload)
+            return
+        except queue.Empty:
+            continue
+    raise AssertionError(f"{topic}: nothing arrived")
+
+
 def _link(broker: BrokerProcess, cid: str, inbox: Inbox, status: str | None = None, protocol: int = 5) -> MqttLink:
     link = MqttLink(cid, LinkSettings(host=broker.host, port=broker.port, protocol=protocol), inbox, status)
     link.start()
@@ -48,14 +60,7 @@ def test_request_response_round_trip_with_nodelay(broker: BrokerProcess) -> None
         sock = a.client.socket()
         assert isinstance(sock, socket.socket)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-        # Subscriptions are asynchronous; retry the first publish until it arrives.
-        for _ in range(50):
-            a.publish("t/request", b"ping")
-            try:
-                assert b_in.get(0.1) == ("t/request", b"ping")
-                break
-            except queue.Empty:
-                continue
+        deliver(a, "t/request", b"ping", b_in)
         b.publish("t/reply", b"pong")
         assert a_in.get() == ("t/reply", b"pong")
     finally:
@@ -79,15 +84,7 @@ def test_status_online_then_stopped_and_resubscribe_after_restart(broker: Broker
             agent.connected.wait(0.1)
             watcher.connected.wait(0.1)
         assert agent.connects >= 2 and watcher.connects >= 2
-        for _ in range(50):
-            watcher.publish("cascade/test/in", b"after-restart")
-            try:
-                assert agent_in.get(0.1) == ("cascade/test/in", b"after-restart")
-                break
-            except queue.Empty:
-                continue
-        else:
-            raise AssertionError("no message after the broker restart")
+        deliver(watcher, "cascade/test/in", b"after-restart", agent_in)
     finally:
         agent.close()
     while True:
