@@ -89,3 +89,39 @@ def test_demo_runs_on_the_embedded_broker_without_mosquitto(tmp_path: Path, monk
     summary = json.loads(out.read_text())
     assert summary["answered"] == 60 and summary["lost"] == 0 and summary["by_tier"]["edge"] > 0
     assert (tmp_path / "run" / "broker" / "amqtt.yaml").exists()
+
+
+def test_online_cascade_matches_the_offline_curve(tmp_path: Path) -> None:
+    from agents.datasets import load_image_set
+    from agents.evaluation.report import evaluate, limit_images
+
+    frames, threshold = 300, 0.8
+    out = tmp_path / "demo.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agents.cli",
+            "demo",
+            "--no-cloud",
+            "--threshold",
+            str(threshold),
+            "--frames",
+            str(frames),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    online = json.loads(out.read_text())
+    data = limit_images(load_image_set(SAMPLE_TAR), frames)
+    offline = evaluate("device-small", data, "edge-medium", latency=False)
+    point = next(p for p in offline["curve"] if p["threshold"] == threshold)
+    assert online["timeouts"] == 0
+    assert abs(online["accuracy"] - point["accuracy"]) <= 0.01, (online, point)
+    assert abs(online["offload_fraction"] - point["exit_fraction"][-1]) <= 0.01, (online, point)
