@@ -1,0 +1,76 @@
+"""Frame records: JSON and line protocol carry every stamp; summaries count answers once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agents.records import FrameRecord, RecordWriter, read_records
+from agents.summary import summarize
+
+
+def _record(frame: int, outcome: str = "remote", tier: str = "edge", prediction: int = 3) -> FrameRecord:
+    base = 1_700_000_000_000_000_000 + frame * 10_000_000
+    return FrameRecord(
+        deployment="lab one",
+        run="r1",
+        device="dev1",
+        frame=frame,
+        request_id=f"dev1-x-{frame:08d}",
+        label=3,
+        prediction=prediction,
+        confidence=0.93,
+        tier=tier,
+        exit=1,
+        model="edge-medium",
+        outcome=outcome,
+        bytes_up=2200,
+        stamps={
+            "capture": base,
+            "device_start": base + 100_000,
+            "device_end": base + 1_100_000,
+            "publish": base + 1_200_000,
+            "edge_receive": base + 1_700_000,
+            "edge_start": base + 2_000_000,
+            "edge_end": base + 4_000_000,
+            "reply_publish": base + 4_100_000,
+            "device_receive": base + 4_600_000,
+            "answer": base + 4_700_000,
+        },
+    )
+
+
+def test_line_protocol_has_tags_integer_stamps_and_ms_durations() -> None:
+    line = _record(7).to_line_protocol()
+    ts = line.rsplit(" ", 1)[1]
+    assert line.startswith("frames,deployment=lab\\ one,run=r1,device=dev1,tier=edge,model=edge-medium,exit=1,")
+    assert "frame=7i" in line and "correct=true" in line and "label=3i" in line
+    assert f"capture_ns={_record(7).stamps['capture']}i" in line
+    assert "e2e_ms=4.7" in line and "edge_compute_ms=2.0" in line and "uplink_ms=0.5" in line
+    assert ts == str(_record(7).stamps["capture"])
+
+
+def test_writer_and_summary(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path / "dev1")
+    for i in range(10):
+        writer.write(
+            _record(
+                i,
+                outcome="local" if i < 6 else "remote",
+                tier="device" if i < 6 else "edge",
+                prediction=3 if i != 9 else 4,
+            )
+        )
+    writer.write(_record(9, outcome="remote", prediction=4))  # a duplicate must not count twice
+    writer.close()
+    got = read_records(tmp_path)
+    assert len(got) == 11 and all("e2e_ms" in r for r in got)
+    s = summarize(got, frames=12)
+    assert s["answered"] == 10 and s["lost"] == 2 and s["duplicates"] == 1
+    assert s["accuracy"] == 0.9 and s["offload_fraction"] == 0.4
+    assert s["by_tier"] == {"device": 0.6, "edge": 0.4, "cloud": 0.0}
+    assert s["latency_ms"]["p50"] == 4.7
+    lines = (tmp_path / "dev1" / "frames.lp").read_text().splitlines()
+    assert (
+        len(lines) == 11 and json.loads((tmp_path / "dev1" / "frames.jsonl").read_text().splitlines()[0])["frame"] == 0
+    )
