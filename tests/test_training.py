@@ -43,9 +43,12 @@ def test_rerun_resumes_from_the_saved_epoch(tmp_path: Path, sample_path: Path) -
         "limit": 128,
     }
     train(TrainConfig(**base, epochs=1))  # type: ignore[arg-type]
-    train(TrainConfig(**base, epochs=2))  # type: ignore[arg-type]
+    meta_path = train(TrainConfig(**base, epochs=2, command="second"))  # type: ignore[arg-type]
     log = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
+    invocations = json.loads(meta_path.read_text())["training"]["invocations"]
+    assert [(i["from_epoch"], i["to_epoch"]) for i in invocations] == [(0, 1), (1, 2)]
+    assert invocations[-1]["command"] == "second"
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "densenet121"])

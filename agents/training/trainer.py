@@ -98,6 +98,17 @@ def calibrate(model: StagedModel, val: ImageSet) -> list[dict[str, Any]]:
     return result
 
 
+def _history_from_checkpoint(out: Path, model: str) -> list[dict[str, Any]]:
+    """Invocations recorded in a finished checkpoint in ``out`` (state files written before history existed)."""
+    meta_path = out / f"{model}.json"
+    if not meta_path.exists():
+        return []
+    training = json.loads(meta_path.read_text()).get("training", {})
+    if "invocations" in training:
+        return list(training["invocations"])
+    return [{"command": training.get("command", ""), "from_epoch": 0, "to_epoch": training.get("epochs")}]
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train ``cfg.model`` on ``cfg.data``; calibrate on ``cfg.val``; write a checkpoint into ``cfg.out``."""
     entry = zoo_entry(cfg.model)
@@ -140,6 +151,8 @@ def train(cfg: TrainConfig) -> Path:
     steps_per_epoch = max(1, len(train_set) // batch_size)
     total_steps = epochs * steps_per_epoch
     start_epoch, wall = 0, 0.0
+    # Every invocation that shaped these weights, in order: a resumed run lists each command.
+    history: list[dict[str, Any]] = []
     state_path = out / STATE_FILE
     if state_path.exists():
         # Our own file, written below; weights_only refuses anything but tensors and plain containers.
@@ -151,8 +164,10 @@ def train(cfg: TrainConfig) -> Path:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, wall = int(state["epoch"]), float(state["wall"])
+        history = [json.loads(h) for h in state.get("history", [])] or _history_from_checkpoint(out, cfg.model)
         log.info("resuming %s from epoch %d in %s", cfg.model, start_epoch, out)
 
+    history.append({"command": cfg.command, "from_epoch": start_epoch, "to_epoch": epochs})
     for epoch in range(start_epoch, epochs):
         model.train()
         t0 = time.perf_counter()
@@ -205,6 +220,7 @@ def train(cfg: TrainConfig) -> Path:
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch + 1,
                 "wall": wall,
+                "history": [json.dumps(h) for h in history],
             },
             state_path.with_suffix(".tmp"),
         )
@@ -224,6 +240,7 @@ def train(cfg: TrainConfig) -> Path:
             "exit_weights": weights,
             "images": len(train_set),
             "train_seconds": round(wall, 1),
+            "invocations": history,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(),
