@@ -55,8 +55,11 @@ def test_fixed_rate_paces_and_stop_ends_it(sample_path: Path) -> None:
 def test_poisson_gaps_average_one_over_fps(sample_path: Path) -> None:
     cfg = _cfg(sample_path, rate="poisson", fps=400, seed=3)
     stamps = [f.capture_ns for f in paced(open_source(cfg), cfg, threading.Event(), limit=200)]
-    mean_gap = (stamps[-1] - stamps[0]) / 199 / 1e9
-    assert 0.5 / 400 < mean_gap < 2.0 / 400
+    gaps = np.diff(stamps) / 1e9
+    # Never faster than the schedule; a busy machine may only make it slower.
+    assert gaps.mean() > 0.5 / 400 and gaps.mean() < 10 / 400
+    # Exponential gaps vary (coefficient of variation near 1); a fixed rate's would not.
+    assert gaps.std() / gaps.mean() > 0.5
 
 
 def test_video_without_opencv_says_what_to_install(tmp_path: Path) -> None:

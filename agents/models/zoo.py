@@ -76,7 +76,7 @@ ZOO: dict[str, ZooEntry] = {
             "device-small", device_small, "small device model, 3 exits", Recipe(epochs=16, exit_weights=(0.6, 0.8, 1.0))
         ),
         ZooEntry("edge-medium", edge_medium, "edge model, 2 exits", Recipe(epochs=10, exit_weights=(0.6, 1.0))),
-        ZooEntry("cloud-large", cloud_large, "cloud model, final exit only", Recipe(epochs=15, exit_weights=(1.0,))),
+        ZooEntry("cloud-large", cloud_large, "cloud model, final exit only", Recipe(epochs=25, exit_weights=(1.0,))),
         ZooEntry("mobilenet_v2", mobilenet_v2, "torchvision MobileNetV2 for 32×32, 3 exits", Recipe(epochs=30, lr=0.2)),
         ZooEntry("resnet18", resnet18, "torchvision ResNet-18 for 32×32, 3 exits", Recipe(epochs=30, lr=0.2)),
         ZooEntry("densenet121", densenet121, "torchvision DenseNet-121 for 32×32, 3 exits", Recipe(epochs=30, lr=0.2)),
