@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from agents.config import DeploymentConfig
@@ -55,6 +56,7 @@ class DeviceAgent(Agent):
             self.dcfg.threshold, self.net.model.num_exits, f"device {device_id}.threshold"
         )
         self.hw = (self.net.model.input_shape[1], self.net.model.input_shape[2])
+        self._temps = [float(t) for t in self.net.temperatures]
         self.frames_limit = frames
         self.run_id = time.strftime("%Y%m%d-%H%M%S")
         self.results: queue.Queue[Envelope] = queue.Queue()
@@ -138,13 +140,16 @@ class DeviceAgent(Agent):
             stamps={"capture": frame.capture_ns, "device_start": time.time_ns()},
         )
         last = self.net.model.num_exits - 1
-        with torch.inference_mode():
-            for i, _stage, logits, _act in self.net.model.iter_exits(to_input(frame.image[None])):
-                probs = torch.softmax(logits / float(self.net.temperatures[i]), dim=1)[0]
-                conf, pred = float(probs.max()), int(probs.argmax())
-                record.exit, record.prediction, record.confidence = i, pred, conf
-                if conf >= self.thresholds[i]:
-                    break
+        # The worker loop runs inside torch.inference_mode (see run): entering it per frame costs 30 µs.
+        for i, _stage, logits, _act in self.net.model.iter_exits(to_input(frame.image[None])):
+            # Ten numbers: numpy is cheaper here than four more torch dispatches.
+            z = logits[0].numpy() / self._temps[i]
+            e = np.exp(z - z.max())
+            pred = int(e.argmax())
+            conf = float(e[pred] / e.sum())
+            record.exit, record.prediction, record.confidence = i, pred, conf
+            if conf >= self.thresholds[i]:
+                break
         record.stamps["device_end"] = time.time_ns()
         if record.confidence >= self.thresholds[record.exit] or (record.exit == last and self.dcfg.offload_to is None):
             self._finish(record, "local")
@@ -271,12 +276,13 @@ class DeviceAgent(Agent):
                 self.cfg.broker.host,
                 self.cfg.broker.port,
             )
-        for frame in self._frames():
-            self._frames_seen += 1
-            self._service(block=False)
-            while len(self.pending) >= self.dcfg.window and not self.stop.is_set():
-                self._service(block=True)
-            self._infer(frame)
+        with torch.inference_mode():
+            for frame in self._frames():
+                self._frames_seen += 1
+                self._service(block=False)
+                while len(self.pending) >= self.dcfg.window and not self.stop.is_set():
+                    self._service(block=True)
+                self._infer(frame)
         while self.pending and not self.stop.is_set():
             self._service(block=True)
         for rid in list(self.pending):  # stopped early: answer what is left locally

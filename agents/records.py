@@ -7,6 +7,7 @@ sink only has to ship the same lines.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -93,34 +94,37 @@ class FrameRecord:
 
     def to_line_protocol(self, measurement: str = "frames") -> str:
         """One InfluxDB line: low-cardinality tags, ns timestamps as integer fields, durations in ms."""
-        tags = {
-            "deployment": self.deployment,
-            "run": self.run,
-            "device": self.device,
-            "tier": self.tier,
-            "model": self.model,
-            "exit": str(self.exit),
-            "outcome": self.outcome,
-        }
-        if self.split is not None:
-            tags["split"] = str(self.split)
-        fields: dict[str, Any] = {
-            "frame": self.frame,
-            "prediction": self.prediction,
-            "confidence": float(self.confidence),
-            "bytes_up": self.bytes_up,
-            "bytes_down": self.bytes_down,
-            "late_reply": self.late_reply,
-        }
+        tags = _tag_prefix(
+            measurement,
+            self.deployment,
+            self.run,
+            self.device,
+            self.tier,
+            self.model,
+            self.exit,
+            self.outcome,
+            self.split,
+        )
+        parts = [
+            f"frame={self.frame}i,prediction={self.prediction}i,confidence={float(self.confidence)!r},"
+            f"bytes_up={self.bytes_up}i,bytes_down={self.bytes_down}i,"
+            f"late_reply={'true' if self.late_reply else 'false'}"
+        ]
         if self.label is not None:
-            fields["label"] = self.label
-            fields["correct"] = bool(self.correct)
-        fields.update({f"{k}_ns": v for k, v in self.stamps.items()})
-        fields.update(self.durations_ms())
-        tag_text = ",".join(f"{_escape_key(k)}={_escape_key(v)}" for k, v in tags.items() if v != "")
-        field_text = ",".join(f"{_escape_key(k)}={_field(v)}" for k, v in fields.items())
-        ts = self.stamps.get("capture", 0)
-        return f"{_escape_key(measurement)},{tag_text} {field_text} {ts}"
+            parts.append(f"label={self.label}i,correct={'true' if self.prediction == self.label else 'false'}")
+        parts.extend(f"{_escape_key(k)}_ns={v}i" for k, v in self.stamps.items())
+        parts.extend(f"{k}={v!r}" for k, v in self.durations_ms().items())
+        return f"{tags} {','.join(parts)} {self.stamps.get('capture', 0)}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _tag_prefix(measurement: str, *values: object) -> str:
+    """Measurement and tag set, escaped once per distinct combination (a handful per run)."""
+    names = ("deployment", "run", "device", "tier", "model", "exit", "outcome", "split")
+    tags = ",".join(
+        f"{n}={_escape_key(str(v))}" for n, v in zip(names, values, strict=True) if v is not None and v != ""
+    )
+    return f"{_escape_key(measurement)},{tags}"
 
 
 _NEEDS_ESCAPE = re.compile(r"[\\, =]")
@@ -130,16 +134,6 @@ def _escape_key(text: str) -> str:
     if not _NEEDS_ESCAPE.search(text):
         return text
     return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
-def _field(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"{value}i"
-    if isinstance(value, float):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class RecordWriter:

@@ -52,7 +52,7 @@ def agent_fps(port: int, run_dir: Path) -> float:
                     "id": "dev1",
                     "threshold": 0.0,
                     "threads": 1,
-                    "source": {"kind": "imagefolder", "path": str(SAMPLE_TAR)},
+                    "source": {"kind": "imagefolder", "path": str(SAMPLE_TAR), "loop": True},
                 }
             ],
             "tiers": {"edge": {"model": "edge-medium"}},
@@ -61,7 +61,11 @@ def agent_fps(port: int, run_dir: Path) -> float:
     agent = DeviceAgent(cfg, "dev1", frames=FRAMES)
     t0 = time.perf_counter()
     agent.run()
-    return FRAMES / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    answered = len((run_dir / "dev1" / "frames.jsonl").read_text().splitlines())
+    if answered != FRAMES:
+        raise RuntimeError(f"device answered {answered} frames, expected {FRAMES}")
+    return answered / elapsed
 
 
 def main() -> None:
