@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,27 +16,22 @@ from agents.transport.broker import BrokerProcess
 from tests.harness import Watcher, edge_workers, records, spawn, write_config
 
 
-def test_demo_answers_every_frame_and_writes_the_summary(tmp_path: Path) -> None:
-    out = tmp_path / "demo.json"
+def run_demo_command(tmp: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """Run `cascade demo ARGS` as a user would; its JSON summary and what it printed."""
+    out = tmp / "demo.json"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agents.cli",
-            "demo",
-            "--frames",
-            "120",
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--json",
-            str(out),
-        ],
+        [sys.executable, "-m", "agents.cli", "demo", *args, "--run-dir", str(tmp / "run"), "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = json.loads(out.read_text())
+    summary: dict[str, Any] = json.loads(out.read_text())
+    return summary, proc.stdout
+
+
+def test_demo_answers_every_frame_and_writes_the_summary(tmp_path: Path) -> None:
+    summary, stdout = run_demo_command(tmp_path, "--frames", "120")
     assert summary["frames"] == summary["answered"] == 120 and summary["lost"] == 0
     assert {"frames", "answered", "lost", "timeouts", "accuracy", "offload_fraction", "by_tier", "latency_ms"} <= set(
         summary
@@ -44,7 +40,7 @@ def test_demo_answers_every_frame_and_writes_the_summary(tmp_path: Path) -> None
     assert abs(sum(summary["by_tier"].values()) - 1.0) < 1e-6
     assert 0.0 < summary["offload_fraction"] < 1.0
     assert {"p50", "p95", "p99"} == set(summary["latency_ms"])
-    assert "answered" in proc.stdout and "latency" in proc.stdout
+    assert "answered" in stdout and "latency" in stdout
 
 
 def test_replayed_sensor_feeds_a_device(tmp_path: Path, broker: BrokerProcess, watcher: Watcher) -> None:
@@ -96,29 +92,7 @@ def test_online_cascade_matches_the_offline_curve(tmp_path: Path) -> None:
     from agents.evaluation.report import evaluate, limit_images
 
     frames, threshold = 300, 0.8
-    out = tmp_path / "demo.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agents.cli",
-            "demo",
-            "--no-cloud",
-            "--threshold",
-            str(threshold),
-            "--frames",
-            str(frames),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    online = json.loads(out.read_text())
+    online, _ = run_demo_command(tmp_path, "--no-cloud", "--threshold", str(threshold), "--frames", str(frames))
     data = limit_images(load_image_set(SAMPLE_TAR), frames)
     offline = evaluate("device-small", data, "edge-medium", latency=False)
     point = next(p for p in offline["curve"] if p["threshold"] == threshold)
