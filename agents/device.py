@@ -139,7 +139,6 @@ class DeviceAgent(Agent):
             outcome="local",
             stamps={"capture": frame.capture_ns, "device_start": time.time_ns()},
         )
-        last = self.net.model.num_exits - 1
         # The worker loop runs inside torch.inference_mode (see run): entering it per frame costs 30 µs.
         for i, _stage, logits, _act in self.net.model.iter_exits(to_input(frame.image[None])):
             # Ten numbers: numpy is cheaper here than four more torch dispatches.
@@ -151,7 +150,7 @@ class DeviceAgent(Agent):
             if conf >= self.thresholds[i]:
                 break
         record.stamps["device_end"] = time.time_ns()
-        if record.confidence >= self.thresholds[record.exit] or (record.exit == last and self.dcfg.offload_to is None):
+        if record.confidence >= self.thresholds[record.exit]:
             self._finish(record, "local")
             return
         header, payload = encode_image(frame.image, self.dcfg.encoding, self.dcfg.jpeg_quality)

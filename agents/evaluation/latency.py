@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +22,11 @@ class StageLatency:
     p95_ms: float
 
 
-def _time_ms(fn: object, reps: int) -> list[float]:
+def _time_ms(fn: Callable[[], object], reps: int) -> list[float]:
     out = []
     for _ in range(reps):
         t0 = time.perf_counter_ns()
-        fn()  # type: ignore[operator]
+        fn()
         out.append((time.perf_counter_ns() - t0) / 1e6)
     return out
 
