@@ -74,3 +74,21 @@ def test_writer_and_summary(tmp_path: Path) -> None:
     assert (
         len(lines) == 11 and json.loads((tmp_path / "dev1" / "frames.jsonl").read_text().splitlines()[0])["frame"] == 0
     )
+
+
+def test_writer_flush_late_replies_and_bad_records(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path / "dev1")
+    writer.write(_record(1))
+    writer.flush()
+    # Visible before close: a reader of a running agent's directory sees what flush promised.
+    assert len(read_records(tmp_path)) == 1
+    bad = _record(2)
+    bad.stamps["answer"] = object()  # type: ignore[assignment]  # cannot be serialised
+    writer.write(bad)
+    writer.write_late("dev1-x-00000003", "edge", 4, 12.5)
+    writer.write(_record(4))
+    writer.close()
+    assert writer.errors == 1  # counted, and the writer thread went on
+    assert [r["frame"] for r in read_records(tmp_path)] == [1, 4]
+    late = json.loads((tmp_path / "dev1" / "late_replies.jsonl").read_text())
+    assert late == {"request_id": "dev1-x-00000003", "tier": "edge", "prediction": 4, "after_deadline_ms": 12.5}

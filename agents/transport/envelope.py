@@ -14,13 +14,13 @@ with a ``kind`` the agents count by.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 MAGIC = b"CSC"
 SCHEMA_VERSION = 1
@@ -65,7 +65,10 @@ def encode(envelope: Envelope) -> bytes:
     header["stamps"] = [[n, t] for n, t in envelope.stamps]
     header.setdefault("encoding", "none")
     header["nbytes"] = len(envelope.payload)
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    try:
+        raw = orjson.dumps(header)
+    except TypeError as exc:
+        raise MessageError("header", f"header cannot be encoded ({exc})") from None
     if len(raw) > MAX_HEADER_BYTES:
         raise MessageError("oversized", f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
     return _PREFIX.pack(MAGIC, SCHEMA_VERSION, len(raw)) + raw + envelope.payload
@@ -93,8 +96,8 @@ def decode(data: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Envelope:
     if body_start > len(data):
         raise MessageError("truncated", f"header says {header_len} bytes, {len(data) - _PREFIX.size} present")
     try:
-        header = json.loads(data[_PREFIX.size : body_start])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = orjson.loads(memoryview(data)[_PREFIX.size : body_start])
+    except orjson.JSONDecodeError as exc:
         raise MessageError("header", f"header is not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise MessageError("header", "header is not a JSON object")
