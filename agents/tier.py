@@ -1,7 +1,8 @@
 """Edge and cloud agents: one class, configured per tier.
 
-Requests arrive on paho's thread, are validated and queued (a full queue drops the
-oldest and counts it); one worker takes dynamic batches (up to ``max_batch``
+Requests arrive on paho's thread, are validated, decoded and queued (a full queue
+drops the oldest and counts it); decoding there overlaps the worker's model run,
+which releases the GIL. One worker takes dynamic batches (up to ``max_batch``
 requests or ``max_wait_ms`` after the first, whichever comes first), runs the model,
 and answers to the reply topic in each envelope, or forwards what it is not
 confident about to the next tier.
@@ -47,7 +48,7 @@ class TierAgent(Agent):
             else [float("inf")] * self.net.model.num_exits
         )
         self.hw = (self.net.model.input_shape[1], self.net.model.input_shape[2])
-        self._queue: deque[Envelope] = deque()
+        self._queue: deque[tuple[Envelope, np.ndarray]] = deque()
         self._cond = threading.Condition()
         self._batches = 0
         self._processed = 0
@@ -61,6 +62,7 @@ class TierAgent(Agent):
                 raise MessageError("header", f"expected kind 'request', got {env.header.get('kind')!r}")
             if not isinstance(env.header.get("reply_to"), str) or not env.header["reply_to"]:
                 raise MessageError("header", "request without a reply_to topic")
+            image = decode_frame(env, self.hw)
         except MessageError as exc:
             self.reject(exc.kind, f"on {topic}: {exc.detail}")
             return
@@ -69,11 +71,11 @@ class TierAgent(Agent):
             if len(self._queue) >= self.tcfg.queue_size:
                 self._queue.popleft()
                 self.count("dropped_queue_full")
-            self._queue.append(env)
+            self._queue.append((env, image))
             self._cond.notify()
 
     # --- worker ---------------------------------------------------------------------------
-    def _next_batch(self) -> list[Envelope]:
+    def _next_batch(self) -> list[tuple[Envelope, np.ndarray]]:
         with self._cond:
             if not self._queue and not self._cond.wait_for(lambda: bool(self._queue) or self.stop.is_set(), 0.5):
                 return []
@@ -90,33 +92,29 @@ class TierAgent(Agent):
                     break
             return batch
 
-    def process(self, batch: list[Envelope]) -> None:
-        """Decode, run the model on the batch, answer or forward each request."""
-        exit_ns = time.time_ns()
-        valid: list[Envelope] = []
-        images: list[np.ndarray] = []
-        for env in batch:
-            env.stamp(f"{self.tier}_queue_exit", exit_ns)
-            try:
-                images.append(decode_frame(env, self.hw))
-                valid.append(env)
-            except MessageError as exc:
-                self.reject(exc.kind, f"request {env.header.get('id')}: {exc.detail}")
-        if not valid:
+    def process(self, batch: list[tuple[Envelope, np.ndarray]]) -> None:
+        """Run the model on a batch of decoded requests; answer or forward each."""
+        if not batch:
             return
+        exit_ns = time.time_ns()
+        valid = [env for env, _ in batch]
+        for env in valid:
+            env.stamp(f"{self.tier}_queue_exit", exit_ns)
         start = time.time_ns()
         with torch.inference_mode():
-            logits = self.net.model(to_input(np.stack(images)))
+            logits = self.net.model(to_input(np.stack([image for _, image in batch])))
         probs = [torch.softmax(lg / float(t), dim=1) for lg, t in zip(logits, self.net.temperatures, strict=True)]
         end = time.time_ns()
-        conf = torch.stack([p.max(dim=1).values for p in probs])  # (exits, batch)
-        pred = torch.stack([p.argmax(dim=1) for p in probs])
+        # (exits, batch) as Python lists: indexing tensors element by element costs more than the softmax.
+        top = [p.max(dim=1) for p in probs]
+        conf: list[list[float]] = [t.values.tolist() for t in top]
+        pred: list[list[int]] = [t.indices.tolist() for t in top]
         last = len(probs) - 1
         for j, env in enumerate(valid):
             env.stamp(f"{self.tier}_start", start)
             env.stamp(f"{self.tier}_end", end)
-            chosen = next((i for i in range(last) if conf[i, j] >= self.thresholds[i]), last)
-            if chosen == last and self.tcfg.forward_to and conf[last, j] < self.thresholds[last]:
+            chosen = next((i for i in range(last) if conf[i][j] >= self.thresholds[i]), last)
+            if chosen == last and self.tcfg.forward_to and conf[last][j] < self.thresholds[last]:
                 env.stamp(f"{self.tier}_forward", time.time_ns())
                 self.link.publish(self.topics.requests(self.tcfg.forward_to), encode(env), qos=1)
                 self.count("forwarded")
@@ -129,8 +127,8 @@ class TierAgent(Agent):
                     "agent": self.id,
                     "model": self.net.name,
                     "exit": chosen,
-                    "prediction": int(pred[chosen, j]),
-                    "confidence": round(float(conf[chosen, j]), 6),
+                    "prediction": pred[chosen][j],
+                    "confidence": round(conf[chosen][j], 6),
                     "request_bytes": len(env.payload),
                 },
                 stamps=env.stamps,
