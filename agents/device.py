@@ -260,6 +260,7 @@ class DeviceAgent(Agent):
             frames=self._frames_seen,
             in_flight=len(self.pending),
             answered=self.writer.count,
+            record_errors=self.writer.errors,
             fps=round(len(self._fps_window) / 5.0, 1),
         )
         return h

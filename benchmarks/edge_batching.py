@@ -2,13 +2,14 @@
 
 Four simulated devices (MqttLink clients) keep 64 requests each in flight to one
 real edge worker (``cascade edge`` as its own process, edge-medium, one torch
-thread) on a private broker; answered
-requests per second are counted at the devices. Run once with ``max_batch: 1``,
-once with ``max_batch: 32``.
+thread unless ``--threads``) on a private broker; answered requests per second
+are counted at the devices. Run once with ``max_batch: 1``, once with
+``max_batch: 32``.
 """
 
 from __future__ import annotations
 
+import argparse
 import signal
 import subprocess
 import sys
@@ -37,12 +38,12 @@ IN_FLIGHT = 64
 SECONDS = 8.0
 
 
-def throughput(port: int, max_batch: int, payloads: list[bytes], workdir: Path) -> float:
+def throughput(port: int, max_batch: int, payloads: list[bytes], workdir: Path, threads: int = 1) -> float:
     """Answers per second over SECONDS of saturating load."""
     cfg = {
         "deployment": "bench",
         "broker": {"port": port},
-        "tiers": {"edge": {"model": "edge-medium", "max_batch": max_batch, "max_wait_ms": 2, "threads": 1}},
+        "tiers": {"edge": {"model": "edge-medium", "max_batch": max_batch, "max_wait_ms": 2, "threads": threads}},
     }
     DeploymentConfig.model_validate(cfg)
     cfg_path = workdir / f"edge-b{max_batch}.yaml"
@@ -113,16 +114,22 @@ def throughput(port: int, max_batch: int, payloads: list[bytes], workdir: Path) 
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the edge worker (default 1)")
+    threads = parser.parse_known_args()[0].threads  # known only: run_all passes its own argv
+    torch.set_num_threads(threads)
     images = load_image_set(SAMPLE_TAR).images[:256]
     payloads = [encode_image(np.ascontiguousarray(im), "png")[1] for im in images]
     with private_broker() as broker, tempfile.TemporaryDirectory() as tmp:
-        single = throughput(broker.port, 1, payloads, Path(tmp))
-        batched = throughput(broker.port, 32, payloads, Path(tmp))
+        single = throughput(broker.port, 1, payloads, Path(tmp), threads)
+        batched = throughput(broker.port, 32, payloads, Path(tmp), threads)
     ratio = batched / single
     model, _ = load_checkpoint("edge-medium")
     ceiling = whole_model_latency(model, 1, reps=50) / (whole_model_latency(model, 32, reps=20) / 32)
-    print(f"edge_batching ({DEVICES} devices x {IN_FLIGHT} in flight, edge-medium, 1 torch thread, {SECONDS:.0f} s)")
+    print(
+        f"edge_batching ({DEVICES} devices x {IN_FLIGHT} in flight, edge-medium, {threads} torch thread(s), "
+        f"{SECONDS:.0f} s)"
+    )
     print(
         f"  batch 1 {single:8.1f} answers/s  dynamic batch 32 {batched:8.1f} answers/s  ratio {ratio:5.2f} "
         f"(target >= 3)  {'PASS' if ratio >= 3 else 'FAIL'}"

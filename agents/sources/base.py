@@ -87,7 +87,7 @@ def open_source(cfg: SourceConfig) -> Iterator[tuple[np.ndarray, int | None]]:
         stream = _opencv_frames(cfg)
     else:
         raise UserError(f"a {cfg.kind} source is not a local stream")
-    return _limited(stream, cfg.limit)
+    return stream if cfg.limit is None else _limited(stream, cfg.limit)
 
 
 def _limited(
