@@ -14,7 +14,7 @@ from torch import nn
 
 from agents.errors import UserError
 from agents.models.backbones import densenet121, mobilenet_v2, resnet18
-from agents.models.blocks import ConvGroup, PoolHead, conv_bn
+from agents.models.blocks import ConvGroup, MaxPoolHead, PatchWhitening, PoolHead, conv_bn
 from agents.models.staged import StagedModel
 
 
@@ -28,6 +28,20 @@ class Recipe:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     exit_weights: tuple[float, ...] = field(default_factory=tuple)
+    momentum: float = 0.9
+    #: Batch-norm parameters learn this many times faster than the rest (their decay per step is unchanged).
+    norm_lr_scale: float = 1.0
+    #: Weight-decay batch-norm parameters too (decay per step ``lr * weight_decay``, as for weights).
+    decay_norms: bool = False
+    #: Random translation, in pixels, from a reflect-padded copy.
+    translate: int = 4
+    #: Mirror a fixed random half of the images on even epochs and the other half on odd ones,
+    #: instead of flipping at random each time: every image is seen both ways within two epochs.
+    alternate_flip: bool = False
+    #: Share of the steps spent warming up linearly to the peak learning rate (then linear decay to zero).
+    warmup: float = 0.15
+    #: Learning rate at step 0 as a share of the peak.
+    warmup_start: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -65,9 +79,40 @@ def edge_medium(num_classes: int = 10) -> StagedModel:
 
 
 def cloud_large(num_classes: int = 10) -> StagedModel:
-    """Cloud model: the most accurate, final exit only."""
-    return _fast_cifar_net("cloud-large", (32, 64, 192, 256), {3: (0, 1)}, num_classes)
+    """Cloud model, the most accurate: a patch-whitening stem, three wide conv groups, final exit only.
 
+    Shaped and initialised after the fastest published CIFAR-10 training nets
+    (whitened first layer, identity-initialised convolutions, batch norm without
+    learned scales), which reach a far higher accuracy per epoch than the plain
+    stem of the smaller models.
+    """
+    stages: list[nn.Module] = [
+        PatchWhitening(3, 2),
+        ConvGroup(24, 64, identity_init=True, fixed_scale=True),
+        ConvGroup(64, 256, identity_init=True, fixed_scale=True),
+        ConvGroup(256, 256, identity_init=True, fixed_scale=True),
+    ]
+    return StagedModel("cloud-large", stages, {3: MaxPoolHead(256, num_classes)}, num_classes)
+
+
+# The fast-CIFAR schedule: large batches, a short triangular learning rate with a high peak,
+# batch-norm shifts learning 64x faster, strong label smoothing, 2-pixel translations and
+# alternating flips. lr and weight_decay are for a mean loss over a 1000-image batch.
+CLOUD_RECIPE = Recipe(
+    epochs=24,
+    batch_size=1000,
+    lr=1.27,
+    weight_decay=1.5e-3,
+    label_smoothing=0.2,
+    exit_weights=(1.0,),
+    momentum=0.85,
+    norm_lr_scale=64.0,
+    decay_norms=True,
+    translate=2,
+    alternate_flip=True,
+    warmup=0.2,
+    warmup_start=0.2,
+)
 
 ZOO: dict[str, ZooEntry] = {
     e.name: e
@@ -76,7 +121,7 @@ ZOO: dict[str, ZooEntry] = {
             "device-small", device_small, "small device model, 3 exits", Recipe(epochs=16, exit_weights=(0.6, 0.8, 1.0))
         ),
         ZooEntry("edge-medium", edge_medium, "edge model, 2 exits", Recipe(epochs=10, exit_weights=(0.6, 1.0))),
-        ZooEntry("cloud-large", cloud_large, "cloud model, final exit only", Recipe(epochs=25, exit_weights=(1.0,))),
+        ZooEntry("cloud-large", cloud_large, "cloud model, final exit only", CLOUD_RECIPE),
         ZooEntry("mobilenet_v2", mobilenet_v2, "torchvision MobileNetV2 for 32×32, 3 exits", Recipe(epochs=30, lr=0.2)),
         ZooEntry("resnet18", resnet18, "torchvision ResNet-18 for 32×32, 3 exits", Recipe(epochs=30, lr=0.2)),
         ZooEntry("densenet121", densenet121, "torchvision DenseNet-121 for 32×32, 3 exits", Recipe(epochs=30, lr=0.2)),

@@ -24,12 +24,13 @@ from tqdm import tqdm
 
 from agents.datasets import ImageSet, load_image_set
 from agents.errors import UserError
+from agents.models.blocks import PatchWhitening
 from agents.models.calibration import expected_calibration_error, fit_temperature
 from agents.models.checkpoint import save_checkpoint
 from agents.models.inference import exit_logits
 from agents.models.inputs import CIFAR10_MEAN, CIFAR10_STD, to_input
 from agents.models.staged import StagedModel
-from agents.models.zoo import build_model, zoo_entry
+from agents.models.zoo import Recipe, build_model, zoo_entry
 from agents.training.augment import pad_reflect, random_crop_flip
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     limit: int | None = None
-    warmup: float = 0.15
     command: str = ""
 
 
@@ -65,12 +65,45 @@ def default_val_path(data: str) -> str | None:
     return None
 
 
-def _lr_at(step: int, total: int, peak: float, warmup: float) -> float:
-    """Linear warm-up to ``peak`` over the first ``warmup`` share of steps, then linear decay to zero."""
+def _lr_at(step: int, total: int, peak: float, warmup: float, start: float = 0.1) -> float:
+    """Linear warm-up from ``start * peak`` to ``peak`` over the first ``warmup`` share of steps, then down to zero."""
     up = max(1, int(total * warmup))
     if step < up:
-        return peak * (0.1 + 0.9 * step / up)
+        return peak * (start + (1 - start) * step / up)
     return peak * max(0.0, (total - step) / max(1, total - up))
+
+
+def _param_groups(model: nn.Module, recipe: Recipe, lr: float) -> list[dict[str, Any]]:
+    """Optimizer groups: conv/linear weights decayed; batch-norm parameters at ``norm_lr_scale`` times the rate.
+
+    Each group carries ``lr_scale`` so the schedule can set its rate. With ``decay_norms`` the
+    batch-norm parameters decay by the same amount per step as the weights, however fast they learn.
+    """
+    norm_ids = {
+        id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()
+    }
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    norms = [p for p in trainable if id(p) in norm_ids]
+    weights = [p for p in trainable if id(p) not in norm_ids and p.ndim > 1]
+    others = [p for p in trainable if id(p) not in norm_ids and p.ndim <= 1]
+    norm_decay = recipe.weight_decay / recipe.norm_lr_scale if recipe.decay_norms else 0.0
+    groups = [
+        (weights, recipe.weight_decay, 1.0),
+        (norms, norm_decay, recipe.norm_lr_scale),
+        (others, 0.0, 1.0),
+    ]
+    return [
+        {"params": params, "weight_decay": decay, "lr_scale": scale, "lr": lr * scale}
+        for params, decay, scale in groups
+        if params
+    ]
+
+
+def _fit_whitening(model: nn.Module, images: torch.Tensor, limit: int = 5000) -> None:
+    """Fit every patch-whitening layer of ``model`` on (up to ``limit`` of) the training images."""
+    for module in model.modules():
+        if isinstance(module, PatchWhitening):
+            module.fit(images[:limit])
 
 
 def _evaluate(model: StagedModel, data: ImageSet) -> list[float]:
@@ -136,17 +169,17 @@ def train(cfg: TrainConfig) -> Path:
     weights = list(recipe.exit_weights) or [1.0] * model.num_exits
     if len(weights) != model.num_exits:
         weights = [1.0] * model.num_exits
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=peak_lr,
-        momentum=0.9,
-        nesterov=True,
+        _param_groups(model, recipe, peak_lr), lr=peak_lr, momentum=recipe.momentum, nesterov=True
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
-    padded = pad_reflect(to_input(train_set.images).contiguous(), 4)
+    inputs = to_input(train_set.images).contiguous()
+    _fit_whitening(model, inputs)  # overwritten by the saved weights when resuming
+    padded = pad_reflect(inputs, recipe.translate) if recipe.translate else inputs
+    del inputs
+    # With alternate flips, this fixed half of the images is mirrored on even epochs, the rest on odd ones.
+    flip_half = torch.rand(len(train_set), generator=torch.Generator().manual_seed(cfg.seed)) < 0.5
     labels = torch.as_tensor(train_set.labels)
     steps_per_epoch = max(1, len(train_set) // batch_size)
     total_steps = epochs * steps_per_epoch
@@ -185,10 +218,12 @@ def train(cfg: TrainConfig) -> Path:
         )
         for i in bar:
             step = epoch * steps_per_epoch + i
+            lr = _lr_at(step, total_steps, peak_lr, recipe.warmup, recipe.warmup_start)
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total_steps, peak_lr, cfg.warmup)
+                group["lr"] = lr * group["lr_scale"]
             idx = order[i * batch_size : (i + 1) * batch_size]
-            x = random_crop_flip(padded[idx], 32, gen)
+            flip = flip_half[idx] ^ bool(epoch % 2) if recipe.alternate_flip else None
+            x = random_crop_flip(padded[idx], 32, gen, flip)
             y = labels[idx]
             outputs = model(x)
             losses = [criterion(o, y) for o in outputs]
@@ -238,6 +273,7 @@ def train(cfg: TrainConfig) -> Path:
             "batch_size": batch_size,
             "lr": peak_lr,
             "exit_weights": weights,
+            "recipe": asdict(recipe),
             "images": len(train_set),
             "train_seconds": round(wall, 1),
             "invocations": history,
