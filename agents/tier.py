@@ -48,6 +48,7 @@ class TierAgent(Agent):
             else [float("inf")] * self.net.model.num_exits
         )
         self.hw = (self.net.model.input_shape[1], self.net.model.input_shape[2])
+        self._early_exits = self.tcfg.threshold is not None and self.net.model.num_exits > 1
         self._queue: deque[tuple[Envelope, np.ndarray]] = deque()
         self._cond = threading.Condition()
         self._batches = 0
@@ -101,9 +102,14 @@ class TierAgent(Agent):
         for env in valid:
             env.stamp(f"{self.tier}_queue_exit", exit_ns)
         start = time.time_ns()
+        model = self.net.model
+        # Without a threshold only the final exit can answer: the other heads are not worth running.
+        first = 0 if self._early_exits else model.num_exits - 1
         with torch.inference_mode():
-            logits = self.net.model(to_input(np.stack([image for _, image in batch])))
-        probs = [torch.softmax(lg / float(t), dim=1) for lg, t in zip(logits, self.net.temperatures, strict=True)]
+            x = to_input(np.stack([image for _, image in batch]))
+            logits = model(x) if self._early_exits else [model.heads[first](model.run(x, exits=False).activation)]
+        temps = self.net.temperatures[first:]
+        probs = [torch.softmax(lg / float(t), dim=1) for lg, t in zip(logits, temps, strict=True)]
         end = time.time_ns()
         # (exits, batch) as Python lists: indexing tensors element by element costs more than the softmax.
         top = [p.max(dim=1) for p in probs]
@@ -113,8 +119,8 @@ class TierAgent(Agent):
         for j, env in enumerate(valid):
             env.stamp(f"{self.tier}_start", start)
             env.stamp(f"{self.tier}_end", end)
-            chosen = next((i for i in range(last) if conf[i][j] >= self.thresholds[i]), last)
-            if chosen == last and self.tcfg.forward_to and conf[last][j] < self.thresholds[last]:
+            chosen = next((i for i in range(last) if conf[i][j] >= self.thresholds[first + i]), last)
+            if chosen == last and self.tcfg.forward_to and conf[last][j] < self.thresholds[first + last]:
                 env.stamp(f"{self.tier}_forward", time.time_ns())
                 self.link.publish(self.topics.requests(self.tcfg.forward_to), encode(env), qos=1)
                 self.count("forwarded")
@@ -126,7 +132,7 @@ class TierAgent(Agent):
                     "tier": self.tier,
                     "agent": self.id,
                     "model": self.net.name,
-                    "exit": chosen,
+                    "exit": first + chosen,
                     "prediction": pred[chosen][j],
                     "confidence": round(conf[chosen][j], 6),
                     "request_bytes": len(env.payload),

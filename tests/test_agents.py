@@ -42,6 +42,7 @@ def test_every_frame_gets_exactly_one_answer(tmp_path: Path, broker: BrokerProce
     assert outcomes["remote"] > 0 and outcomes["local"] > 0, outcomes
     remote = [r for r in records(tmp_path) if r["outcome"] == "remote"]
     assert all(r["tier"] == "edge" and r["model"] == "edge-medium" for r in remote)
+    assert {r["exit"] for r in remote} == {1}  # no edge threshold: every answer from its final exit (index 1)
     assert all({"capture", "publish", "edge_receive", "edge_end", "device_receive"} <= set(r["stamps"]) for r in remote)
 
 
