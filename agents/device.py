@@ -191,9 +191,10 @@ class DeviceAgent(Agent):
         record.outcome = outcome
         record.stamps["answer"] = time.time_ns()
         self.writer.write(record)
-        self._finished[record.request_id] = outcome
-        if len(self._finished) > 100_000:
-            self._finished.popitem(last=False)
+        if outcome != "local":  # only a frame that was sent out can draw a late or duplicate reply
+            self._finished[record.request_id] = outcome
+            if len(self._finished) > 100_000:
+                self._finished.popitem(last=False)
         self.count(f"answered_{outcome}")
         self._fps_window.append(time.monotonic())
 

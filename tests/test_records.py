@@ -88,7 +88,22 @@ def test_writer_flush_late_replies_and_bad_records(tmp_path: Path) -> None:
     writer.write_late("dev1-x-00000003", "edge", 4, 12.5)
     writer.write(_record(4))
     writer.close()
-    assert writer.errors == 1  # counted, and the writer thread went on
+    assert writer.errors == 1  # counted, and the writer went on
     assert [r["frame"] for r in read_records(tmp_path)] == [1, 4]
     late = json.loads((tmp_path / "dev1" / "late_replies.jsonl").read_text())
     assert late == {"request_id": "dev1-x-00000003", "tier": "edge", "prediction": 4, "after_deadline_ms": 12.5}
+
+
+def test_writer_batches_by_count_and_by_time(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path / "dev1", flush_s=3600.0, batch=4)
+    for i in range(3):
+        writer.write(_record(i))
+    assert read_records(tmp_path) == []  # held: fewer than a batch, flush time not reached
+    writer.write(_record(3))
+    assert [r["frame"] for r in read_records(tmp_path)] == [0, 1, 2, 3]  # a full batch goes out at once
+    timed = RecordWriter(tmp_path / "dev2", flush_s=0.0, batch=1000)
+    timed.write(_record(9))
+    assert [r["frame"] for r in read_records(tmp_path / "dev2")] == [9]  # flush time passed: out now
+    assert writer.count == 4 and timed.count == 1
+    writer.close()
+    timed.close()

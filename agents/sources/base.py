@@ -110,14 +110,20 @@ def paced(
     ``fixed`` releases one frame every 1/fps seconds on a schedule (late frames do not
     shift later ones); ``poisson`` draws exponential gaps with mean 1/fps; ``max`` does not wait.
     """
+    if cfg.rate == "max" or not cfg.fps:
+        # The replay and throughput case: every Python step here is paid once per frame.
+        for index, (image, label) in enumerate(stream):
+            if stop.is_set() or (limit is not None and index >= limit):
+                return
+            yield Frame(index, image, label, time.time_ns())
+        return
     rng = np.random.default_rng(cfg.seed + 1)
     next_at = time.monotonic()
     for index, (image, label) in enumerate(stream):
         if stop.is_set() or (limit is not None and index >= limit):
             return
-        if cfg.rate != "max" and cfg.fps:
-            gap = 1.0 / cfg.fps if cfg.rate == "fixed" else float(rng.exponential(1.0 / cfg.fps))
-            next_at += gap
-            if stop.wait(max(0.0, next_at - time.monotonic())):
-                return
+        gap = 1.0 / cfg.fps if cfg.rate == "fixed" else float(rng.exponential(1.0 / cfg.fps))
+        next_at += gap
+        if stop.wait(max(0.0, next_at - time.monotonic())):
+            return
         yield Frame(index, image, label, time.time_ns())
