@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG of accuracy against early-exit fraction (default: beside --json)")
     p.add_argument("--threads", type=int, help="torch threads for the latency measurement (default: all cores)")
     p.add_argument("--no-latency", action="store_true", help="skip the per-stage latency measurement")
+    p.add_argument("--split", action="store_true", help="bytes and accuracy of --model split at every point, per codec")
+    p.add_argument("--codecs", help="with --split: comma-separated codecs (default: all, e.g. fp32,fp16,int8+zlib)")
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("device", help="run a device agent")

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agents.errors import UserError
+from agents.transport.activations import parse_codec
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -46,7 +47,13 @@ class BrokerConfig(Strict):
     username: str | None = None
     password_env: str = Field("CASCADE_MQTT_PASSWORD", description="environment variable holding the password")
     tls: TLSConfig | None = None
-    max_payload_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    max_payload_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="largest message accepted, chunked or not"
+    )
+    chunk_bytes: int = Field(
+        256 * 1024, ge=1024, description="messages above this go as chunks (keep it under the broker's max packet)"
+    )
+    reassembly_timeout_s: float = Field(5.0, gt=0, description="an incomplete set of chunks is dropped after this")
 
     @model_validator(mode="before")
     @classmethod
@@ -106,7 +113,37 @@ class DeviceConfig(Strict):
     deadline_ms: float = Field(2000, gt=0)
     window: int = Field(16, ge=1, le=4096, description="requests in flight at once")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: torch's choice)")
+    split: int | None = Field(
+        None, ge=1, description="split point: stages before it run here, the activation goes on; none: the frame"
+    )
+    codec: str = Field("fp32", description="activation codec with a split: fp32, fp16, int8, int8-channel [+zlib]")
     source: SourceConfig
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        parse_codec(value)
+        return value
+
+
+class SplitResumeConfig(Strict):
+    """How a tier finishes split requests for one device model."""
+
+    until: int | None = Field(
+        None, ge=1, description="stop at this split point, forward the activation to forward_to; none: run to the end"
+    )
+    forward: Literal["activation", "frame"] = Field(
+        "activation",
+        description="below the threshold at the final exit, 'frame' forwards the device's original frame to "
+        "forward_to's own model (the device then attaches it to its request)",
+    )
+    threshold: Probability | None = Field(None, description="exit threshold for this model (default: the tier's)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SplitResumeConfig:
+        if self.forward == "frame" and self.until is not None:
+            raise ValueError("forward: frame runs the model to its end; it cannot be combined with 'until'")
+        return self
 
 
 class TierConfig(Strict):
@@ -122,6 +159,9 @@ class TierConfig(Strict):
     queue_size: int = Field(1024, ge=1)
     shared: bool = Field(True, description="use a $share/<tier>/ subscription so workers share requests")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: torch's choice)")
+    split_models: dict[str, SplitResumeConfig] = Field(
+        default_factory=dict, description="device models whose split requests this tier resumes"
+    )
 
 
 class SensorConfig(Strict):
@@ -158,7 +198,22 @@ class DeploymentConfig(Strict):
                 raise ValueError(f"device {d.id!r} offloads to tier {d.offload_to!r}, which is not under 'tiers'")
             if d.source.kind == "sensor" and d.source.sensor not in {s.id for s in self.sensors}:
                 raise ValueError(f"device {d.id!r} reads sensor {d.source.sensor!r}, which is not under 'sensors'")
+            if d.split is not None and d.model not in self.tiers[d.offload_to].split_models:
+                raise ValueError(
+                    f"device {d.id!r} splits {d.model!r} at {d.split}, but tier {d.offload_to!r} does not list "
+                    f"it under split_models"
+                )
         for name, t in self.tiers.items():
+            for model, resume in t.split_models.items():
+                onward = resume.until is not None or resume.forward == "frame"
+                if onward and t.forward_to is None:
+                    raise ValueError(f"tier {name!r} passes {model!r} on (until/forward: frame) but has no forward_to")
+                onward_tier = self.tiers.get(t.forward_to or "")
+                if resume.until is not None and onward_tier is not None and model not in onward_tier.split_models:
+                    raise ValueError(
+                        f"tier {name!r} forwards {model!r} activations to {t.forward_to!r}, which does not list "
+                        f"it under split_models"
+                    )
             if t.forward_to is not None and t.forward_to not in self.tiers:
                 raise ValueError(f"tier {name!r} forwards to {t.forward_to!r}, which is not under 'tiers'")
             if t.forward_to is not None and t.threshold is None:

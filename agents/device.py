@@ -25,11 +25,13 @@ from typing import Any
 import torch
 
 from agents.config import DeploymentConfig
+from agents.errors import UserError
 from agents.models.inputs import to_input
 from agents.records import FrameRecord, RecordWriter
 from agents.runtime import Agent, CalibratedModel, exit_thresholds
 from agents.sources.base import Frame, open_source, paced
-from agents.transport.envelope import Envelope, MessageError, decode, encode
+from agents.transport.activations import encode_activation
+from agents.transport.envelope import Envelope, MessageError, encode
 from agents.transport.images import decode_frame, encode_image
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class Pending:
 
     record: FrameRecord
     deadline: float  # monotonic seconds
+    activation: torch.Tensor | None = None  # split frames: what the device finishes itself if no answer comes
 
 
 class DeviceAgent(Agent):
@@ -56,6 +59,14 @@ class DeviceAgent(Agent):
             self.dcfg.threshold, self.net.model.num_exits, f"device {device_id}.threshold"
         )
         self.hw = (self.net.model.input_shape[1], self.net.model.input_shape[2])
+        self.split = self.dcfg.split
+        self._attach_frame = False
+        if self.split is not None:
+            n = self.net.model.num_stages
+            if not 1 <= self.split < n:
+                raise UserError(f"devices.{device_id}.split: {self.split} is not within 1..{n - 1} for {self.net.name}")
+            resume = cfg.tiers[self.dcfg.offload_to].split_models[self.dcfg.model]
+            self._attach_frame = resume.forward == "frame"
         self._temps = [float(t) for t in self.net.temperatures]
         self.frames_limit = frames
         self.run_id = time.strftime("%Y%m%d-%H%M%S")
@@ -73,10 +84,8 @@ class DeviceAgent(Agent):
     # --- paho thread ----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, _props: Any) -> None:
         now = time.time_ns()
-        try:
-            env = decode(payload, self.cfg.broker.max_payload_bytes)
-        except MessageError as exc:
-            self.reject(exc.kind, f"on {topic}: {exc.detail}")
+        env = self.receive(topic, payload)
+        if env is None:
             return
         env.stamp("device_receive", now)
         kind = env.header.get("kind")
@@ -140,7 +149,11 @@ class DeviceAgent(Agent):
             stamps={"capture": frame.capture_ns, "device_start": time.time_ns()},
         )
         # The worker loop runs inside torch.inference_mode (see run): entering it per frame costs 30 µs.
-        for i, _stage, logits, _act in self.net.model.iter_exits(to_input(frame.image[None])):
+        x = to_input(frame.image[None])
+        act, last_stage = x, -1  # the activation after the last stage run, for a split
+        confident = False
+        for i, stage, logits, out in self.net.model.iter_exits(x, end=self.split):
+            act, last_stage = out, stage
             # Ten numbers: plain Python is cheaper here than numpy or more torch dispatches.
             z = logits[0].tolist()
             top = max(z)
@@ -148,12 +161,21 @@ class DeviceAgent(Agent):
             conf = 1.0 / sum(math.exp((v - top) / self._temps[i]) for v in z)
             record.exit, record.prediction, record.confidence = i, pred, conf
             if conf >= self.thresholds[i]:
+                confident = True
                 break
-        record.stamps["device_end"] = time.time_ns()
-        if record.confidence >= self.thresholds[record.exit]:
+        if confident:
+            record.stamps["device_end"] = time.time_ns()
             self._finish(record, "local")
             return
-        header, payload = encode_image(frame.image, self.dcfg.encoding, self.dcfg.jpeg_quality)
+        if self.split is None:
+            header, payload = encode_image(frame.image, self.dcfg.encoding, self.dcfg.jpeg_quality)
+        else:
+            if last_stage < self.split - 1:  # stages after the last exit on the way
+                act = self.net.model.run(act, start=last_stage + 1, end=self.split, exits=False).activation
+            record.stamps["device_end"] = time.time_ns()
+            header, payload = self._split_payload(act, frame)
+            record.split = self.split
+        record.stamps.setdefault("device_end", time.time_ns())
         deadline_ns = frame.capture_ns + int(self.dcfg.deadline_ms * 1e6)
         env = Envelope(
             {
@@ -176,16 +198,42 @@ class DeviceAgent(Agent):
         env.stamp("publish", record.stamps["publish"])
         record.bytes_up = len(payload)
         deadline = time.monotonic() + max(0.0, (deadline_ns - time.time_ns()) / 1e9)
-        self.pending[rid] = Pending(record, deadline)
+        self.pending[rid] = Pending(record, deadline, act if self.split is not None else None)
         heapq.heappush(self._deadlines, (deadline, rid))
-        self.link.publish(
+        self.send(
             self.topics.requests(self.dcfg.offload_to),
             encode(env),
+            rid,
             qos=1,
             expiry_s=max(1, int(self.dcfg.deadline_ms / 1000) + 1),
             response_topic=self.reply_topic,
         )
         self.count("offloaded")
+
+    def _split_payload(self, act: torch.Tensor, frame: Frame) -> tuple[dict[str, Any], bytes]:
+        """Header fields and bytes of a split request: the activation, and the frame when the tier may need it."""
+        header, payload = encode_activation(act, self.dcfg.codec)
+        header.update(model=self.net.name, model_digest=self.net.digest, split=self.split)
+        if self._attach_frame:
+            encoding = "png" if self.dcfg.encoding == "raw" else self.dcfg.encoding  # raw has no room for its shape
+            _, frame_bytes = encode_image(frame.image, encoding, self.dcfg.jpeg_quality)
+            header.update(frame_encoding=encoding, frame_nbytes=len(frame_bytes))
+            payload += frame_bytes
+        return header, payload
+
+    def _finish_locally(self, pending: Pending) -> None:
+        """No answer by the deadline: the device's own best answer (for a split frame, its model run to the end)."""
+        record = pending.record
+        record.tier = "device"
+        if pending.activation is not None and self.split is not None:
+            model = self.net.model
+            with torch.inference_mode():
+                logits = model.heads[-1](model.run(pending.activation, start=self.split, exits=False).activation)
+            probs = torch.softmax(logits[0] / self._temps[-1], dim=0)
+            record.exit, record.prediction = model.num_exits - 1, int(probs.argmax())
+            record.confidence = float(probs.max())
+            record.model = self.net.name
+        self._finish(record, "timeout")
 
     def _finish(self, record: FrameRecord, outcome: str) -> None:
         record.outcome = outcome
@@ -248,8 +296,7 @@ class DeviceAgent(Agent):
             _, rid = heapq.heappop(self._deadlines)
             pending = self.pending.pop(rid, None)
             if pending is not None:
-                pending.record.tier = "device"
-                self._finish(pending.record, "timeout")
+                self._finish_locally(pending)
         self.maybe_publish_health()
 
     def health(self) -> dict[str, Any]:
@@ -289,7 +336,7 @@ class DeviceAgent(Agent):
         while self.pending and not self.stop.is_set():
             self._service(block=True)
         for rid in list(self.pending):  # stopped early: answer what is left locally
-            self._finish(self.pending.pop(rid).record, "timeout")
+            self._finish_locally(self.pending.pop(rid))
         self.writer.close()
         self.maybe_publish_health(0)
         self.link.publish(self.topics.health(self.id), json.dumps({**self.health(), "done": True}).encode(), qos=1)

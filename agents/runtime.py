@@ -9,12 +9,15 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from agents.config import DeploymentConfig
 from agents.errors import UserError
-from agents.models.checkpoint import load_checkpoint, temperatures
+from agents.models.checkpoint import file_digest, load_checkpoint, temperatures
 from agents.models.staged import StagedModel
+from agents.transport.chunks import Reassembler, split_message
+from agents.transport.envelope import Envelope, MessageError, decode
 from agents.transport.mqtt import LinkSettings, MessageHandler, MqttLink
 from agents.transport.topics import Topics
 
@@ -56,6 +59,8 @@ class CalibratedModel:
         self.model, self.meta = load_checkpoint(ref)
         self.temperatures = temperatures(self.meta, self.model.num_exits)
         self.name = self.model.name
+        # Of the weights actually loaded, so a swapped file cannot pass for the recorded one.
+        self.digest = file_digest(Path(self.meta["_path"]).parent / self.meta["weights"])[:16]
 
 
 class Agent:
@@ -72,6 +77,9 @@ class Agent:
         self._last_warn: dict[str, float] = {}
         self._started = time.monotonic()
         self._next_health = 0.0
+        self.chunks = Reassembler(cfg.broker.max_payload_bytes, cfg.broker.reassembly_timeout_s)
+        self._chunk_drops_seen = 0
+        self._chunk_lock = threading.Lock()
         self.link = MqttLink(
             f"cascade-{cfg.deployment}-{agent_id}-{os.getpid()}",
             link_settings(cfg),
@@ -104,6 +112,38 @@ class Agent:
                 self.counters[f"rejected_{kind}"],
             )
 
+    def receive(self, topic: str, payload: bytes) -> Envelope | None:
+        """Decode a message, joining chunks; None when it was rejected (and counted) or more chunks are due."""
+        try:
+            env = decode(payload, self.cfg.broker.max_payload_bytes)
+            if env.header.get("kind") == "chunk":
+                whole = self.chunks.add(env)
+                self._count_chunk_drops()
+                if whole is None:
+                    return None
+                env = decode(whole, self.cfg.broker.max_payload_bytes)
+        except MessageError as exc:
+            self.reject(exc.kind, f"on {topic}: {exc.detail}")
+            return None
+        return env
+
+    def send(self, topic: str, wire: bytes, message_id: str, qos: int = 1, **kwargs: Any) -> None:
+        """Publish an encoded envelope, as chunks when it is larger than ``broker.chunk_bytes``."""
+        parts = split_message(wire, message_id, self.cfg.broker.chunk_bytes)
+        if len(parts) > 1:
+            self.count("chunked_messages")
+        for part in parts:
+            self.link.publish(topic, part, qos=qos, **kwargs)
+
+    def _count_chunk_drops(self) -> None:
+        with self._chunk_lock:
+            new = self.chunks.dropped - self._chunk_drops_seen
+            self._chunk_drops_seen += new
+        if new > 0:
+            self.reject("incomplete_chunks", f"{new} incomplete chunk set(s) dropped (timeout or too many at once)")
+            if new > 1:
+                self.count("rejected_incomplete_chunks", new - 1)
+
     def health(self) -> dict[str, Any]:
         """The live status published on the health topic; subclasses add their fields."""
         with self._counter_lock:
@@ -121,4 +161,6 @@ class Agent:
         now = time.monotonic()
         if now >= self._next_health:
             self._next_health = now + every_s
+            self.chunks.expire()
+            self._count_chunk_drops()
             self.link.publish(self.topics.health(self.id), json.dumps(self.health()).encode(), qos=0)

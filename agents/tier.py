@@ -6,6 +6,12 @@ which releases the GIL. One worker takes dynamic batches (up to ``max_batch``
 requests or ``max_wait_ms`` after the first, whichever comes first), runs the model,
 and answers to the reply topic in each envelope, or forwards what it is not
 confident about to the next tier.
+
+Split requests carry the activation of a device model at a split point instead of
+a frame; the tier resumes that model (listed under ``split_models``, the same
+weights proven by digest) from there, up to its ``until`` point or the end, and
+answers, forwards the activation onward, or forwards the device's attached frame
+to the next tier's own model.
 """
 
 from __future__ import annotations
@@ -14,19 +20,47 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from agents.config import DeploymentConfig
+from agents.config import DeploymentConfig, SplitResumeConfig
 from agents.errors import UserError
 from agents.models.inputs import to_input
+from agents.models.stats import model_stats
 from agents.runtime import Agent, CalibratedModel, exit_thresholds
-from agents.transport.envelope import Envelope, MessageError, decode, encode
+from agents.transport.activations import decode_activation, encode_activation
+from agents.transport.envelope import Envelope, MessageError, encode
 from agents.transport.images import decode_frame
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitNet:
+    """A device model this tier resumes: its weights' digest, the activation shape at each split point, how far."""
+
+    net: CalibratedModel
+    shapes: list[tuple[int, ...]]
+    resume: SplitResumeConfig
+    thresholds: list[float]
+
+    @property
+    def end(self) -> int:
+        """The stage this tier stops before."""
+        return self.resume.until if self.resume.until is not None else self.net.model.num_stages
+
+
+@dataclass
+class Item:
+    """A queued request: the frame (uint8 image) or the activation, and for split requests the model and point."""
+
+    env: Envelope
+    data: Any  # np.ndarray (frame) or torch.Tensor (activation)
+    key: tuple[str, int] | None = None  # (device model name, split point); None: a frame for this tier's model
+    frame: bytes = b""  # the device's original frame, attached for a forward: frame onward path
 
 
 class TierAgent(Agent):
@@ -49,21 +83,42 @@ class TierAgent(Agent):
         )
         self.hw = (self.net.model.input_shape[1], self.net.model.input_shape[2])
         self._early_exits = self.tcfg.threshold is not None and self.net.model.num_exits > 1
-        self._queue: deque[tuple[Envelope, np.ndarray]] = deque()
+        self.split_nets: dict[str, SplitNet] = {}
+        for ref, resume in self.tcfg.split_models.items():
+            self._load_split(ref, resume)
+        self._queue: deque[Item] = deque()
         self._cond = threading.Condition()
         self._batches = 0
         self._processed = 0
 
+    def _load_split(self, ref: str, resume: SplitResumeConfig) -> None:
+        net = CalibratedModel(ref)
+        n = net.model.num_stages
+        if resume.until is not None and not 1 <= resume.until < n:
+            raise UserError(f"tiers.{self.tier}.split_models.{ref}.until: {resume.until} is not within 1..{n - 1}")
+        threshold = resume.threshold if resume.threshold is not None else self.tcfg.threshold
+        if isinstance(threshold, list):  # per-exit lists are for the tier's own model
+            threshold = None
+        # No threshold: only the final exit answers, as for the tier's own model.
+        thresholds = [float("inf")] * net.model.num_exits if threshold is None else [float(threshold)] * n
+        shapes = [(1, *s) for s in model_stats(net.model).split_shapes]
+        self.split_nets[net.name] = SplitNet(net, shapes, resume, thresholds)
+
     # --- paho thread: validate, enqueue, return -------------------------------------------
     def _on_message(self, topic: str, payload: bytes, _props: Any) -> None:
         now = time.time_ns()
+        env = self.receive(topic, payload)
+        if env is None:
+            return
         try:
-            env = decode(payload, self.cfg.broker.max_payload_bytes)
             if env.header.get("kind") != "request":
                 raise MessageError("header", f"expected kind 'request', got {env.header.get('kind')!r}")
             if not isinstance(env.header.get("reply_to"), str) or not env.header["reply_to"]:
                 raise MessageError("header", "request without a reply_to topic")
-            image = decode_frame(env, self.hw)
+            if env.header.get("encoding") == "activation":
+                item = self._split_item(env)
+            else:
+                item = Item(env, decode_frame(env, self.hw))
         except MessageError as exc:
             self.reject(exc.kind, f"on {topic}: {exc.detail}")
             return
@@ -72,11 +127,36 @@ class TierAgent(Agent):
             if len(self._queue) >= self.tcfg.queue_size:
                 self._queue.popleft()
                 self.count("dropped_queue_full")
-            self._queue.append((env, image))
+            self._queue.append(item)
             self._cond.notify()
 
+    def _split_item(self, env: Envelope) -> Item:
+        """Validate a split request (model, digest, split point, frame attachment) and decode its activation."""
+        h = env.header
+        name = h.get("model")
+        sn = self.split_nets.get(name) if isinstance(name, str) else None
+        if sn is None:
+            raise MessageError(
+                "model", f"request {env.id} is split from {name!r}; this {self.tier} resumes {sorted(self.split_nets)}"
+            )
+        if h.get("model_digest") != sn.net.digest:
+            raise MessageError(
+                "digest",
+                f"request {env.id} was computed with {name} weights {h.get('model_digest')!r}, this {self.tier} holds "
+                f"{sn.net.digest!r}: deploy the same checkpoint on both sides",
+            )
+        split = h.get("split")
+        if not isinstance(split, int) or isinstance(split, bool) or not 1 <= split < sn.end:
+            raise MessageError("split", f"split point {split!r} of {name}: this {self.tier} resumes 1..{sn.end - 1}")
+        frame_nbytes = h.get("frame_nbytes", 0)
+        if not isinstance(frame_nbytes, int) or not 0 <= frame_nbytes <= len(env.payload):
+            raise MessageError("header", f"frame_nbytes {frame_nbytes!r} does not fit the payload")
+        cut = len(env.payload) - frame_nbytes
+        act = decode_activation(Envelope(h, env.payload[:cut]), sn.shapes[split])
+        return Item(env, act, (sn.net.name, split), env.payload[cut:])
+
     # --- worker ---------------------------------------------------------------------------
-    def _next_batch(self) -> list[tuple[Envelope, np.ndarray]]:
+    def _next_batch(self) -> list[Item]:
         with self._cond:
             if not self._queue and not self._cond.wait_for(lambda: bool(self._queue) or self.stop.is_set(), 0.5):
                 return []
@@ -93,57 +173,107 @@ class TierAgent(Agent):
                     break
             return batch
 
-    def process(self, batch: list[tuple[Envelope, np.ndarray]]) -> None:
-        """Run the model on a batch of decoded requests; answer or forward each."""
+    def process(self, batch: list[Item]) -> None:
+        """Run the model(s) on a batch of decoded requests; answer or forward each."""
         if not batch:
             return
         exit_ns = time.time_ns()
-        valid = [env for env, _ in batch]
-        for env in valid:
-            env.stamp(f"{self.tier}_queue_exit", exit_ns)
+        for item in batch:
+            item.env.stamp(f"{self.tier}_queue_exit", exit_ns)
+        groups: dict[tuple[str, int] | None, list[Item]] = {}
+        for item in batch:
+            groups.setdefault(item.key, []).append(item)
+        for key, items in groups.items():
+            if key is None:
+                self._process_frames(items)
+            else:
+                self._process_split(self.split_nets[key[0]], key[1], items)
+        self._batches += 1
+        self._processed += len(batch)
+
+    def _process_frames(self, items: list[Item]) -> None:
         start = time.time_ns()
         model = self.net.model
         # Without a threshold only the final exit can answer: the other heads are not worth running.
         first = 0 if self._early_exits else model.num_exits - 1
         with torch.inference_mode():
-            x = to_input(np.stack([image for _, image in batch]))
+            x = to_input(np.stack([item.data for item in items]))
             logits = model(x) if self._early_exits else [model.heads[first](model.run(x, exits=False).activation)]
-        temps = self.net.temperatures[first:]
-        probs = [torch.softmax(lg / float(t), dim=1) for lg, t in zip(logits, temps, strict=True)]
+        exits = list(range(first, model.num_exits))
+        conf, pred = _top(logits, [float(t) for t in self.net.temperatures[first:]])
         end = time.time_ns()
-        # (exits, batch) as Python lists: indexing tensors element by element costs more than the softmax.
-        top = [p.max(dim=1) for p in probs]
-        conf: list[list[float]] = [t.values.tolist() for t in top]
-        pred: list[list[int]] = [t.indices.tolist() for t in top]
-        last = len(probs) - 1
-        for j, env in enumerate(valid):
+        for j, item in enumerate(items):
+            item.env.stamp(f"{self.tier}_start", start)
+            item.env.stamp(f"{self.tier}_end", end)
+            chosen = next((i for i in range(len(exits) - 1) if conf[i][j] >= self.thresholds[exits[i]]), len(exits) - 1)
+            if self.tcfg.forward_to and conf[chosen][j] < self.thresholds[exits[chosen]]:
+                self._forward(item.env)
+                continue
+            self._reply(item.env, self.net.name, exits[chosen], pred[chosen][j], conf[chosen][j])
+
+    def _process_split(self, sn: SplitNet, split: int, items: list[Item]) -> None:
+        start = time.time_ns()
+        model = sn.net.model
+        exits = [i for i, stage in enumerate(model.exit_after) if split <= stage < sn.end]
+        if sn.resume.until is None and sn.thresholds[0] == float("inf"):
+            exits = [model.num_exits - 1]  # no threshold: only the final exit can answer
+        with torch.inference_mode():
+            x = torch.cat([item.data for item in items])
+            if exits == [model.num_exits - 1] and sn.end == model.num_stages:
+                activation = model.run(x, start=split, exits=False).activation
+                logits = [model.heads[exits[0]](activation)]
+            else:
+                run = model.run(x, start=split, end=sn.end)
+                activation = run.activation
+                logits = [run.logits[i] for i in exits]
+        conf, pred = _top(logits, [float(sn.net.temperatures[i]) for i in exits])
+        end = time.time_ns()
+        for j, item in enumerate(items):
+            env = item.env
             env.stamp(f"{self.tier}_start", start)
             env.stamp(f"{self.tier}_end", end)
-            chosen = next((i for i in range(last) if conf[i][j] >= self.thresholds[first + i]), last)
-            if chosen == last and self.tcfg.forward_to and conf[last][j] < self.thresholds[first + last]:
-                env.stamp(f"{self.tier}_forward", time.time_ns())
-                self.link.publish(self.topics.requests(self.tcfg.forward_to), encode(env), qos=1)
-                self.count("forwarded")
-                continue
-            reply = Envelope(
-                {
-                    "id": env.id,
-                    "kind": "result",
-                    "tier": self.tier,
-                    "agent": self.id,
-                    "model": self.net.name,
-                    "exit": first + chosen,
-                    "prediction": pred[chosen][j],
-                    "confidence": round(conf[chosen][j], 6),
-                    "request_bytes": len(env.payload),
-                },
-                stamps=env.stamps,
-            )
-            reply.stamp("reply_publish", time.time_ns())
-            self.link.publish(str(env.header["reply_to"]), encode(reply), qos=1)
-            self.count("answered")
-        self._batches += 1
-        self._processed += len(valid)
+            chosen = next((i for i in range(len(exits)) if conf[i][j] >= sn.thresholds[exits[i]]), None)
+            if chosen is not None:
+                self._reply(env, sn.net.name, exits[chosen], pred[chosen][j], conf[chosen][j])
+            elif sn.resume.until is not None:
+                header, payload = encode_activation(activation[j : j + 1], str(env.header["codec"]))
+                onward = Envelope(
+                    {**_without_tensor_fields(env.header), **header, "split": sn.end, "frame_nbytes": len(item.frame)},
+                    payload + item.frame,
+                    stamps=env.stamps,
+                )
+                self._forward(onward)
+            elif sn.resume.forward == "frame" and item.frame:
+                header = {k: v for k, v in _without_tensor_fields(env.header).items() if k not in _SPLIT_FIELDS}
+                header["encoding"] = env.header.get("frame_encoding", "png")
+                self._forward(Envelope(header, item.frame, stamps=env.stamps))
+            else:  # the end of the model: its final exit answers, confident or not
+                last = len(exits) - 1
+                self._reply(env, sn.net.name, exits[last], pred[last][j], conf[last][j])
+
+    def _forward(self, env: Envelope) -> None:
+        env.stamp(f"{self.tier}_forward", time.time_ns())
+        self.send(self.topics.requests(str(self.tcfg.forward_to)), encode(env), env.id)
+        self.count("forwarded")
+
+    def _reply(self, env: Envelope, model: str, exit_index: int, prediction: int, confidence: float) -> None:
+        reply = Envelope(
+            {
+                "id": env.id,
+                "kind": "result",
+                "tier": self.tier,
+                "agent": self.id,
+                "model": model,
+                "exit": exit_index,
+                "prediction": prediction,
+                "confidence": round(confidence, 6),
+                "request_bytes": len(env.payload),
+            },
+            stamps=env.stamps,
+        )
+        reply.stamp("reply_publish", time.time_ns())
+        self.link.publish(str(env.header["reply_to"]), encode(reply), qos=1)
+        self.count("answered")
 
     def health(self) -> dict[str, Any]:
         """Live status plus queue depth and batching."""
@@ -176,3 +306,19 @@ class TierAgent(Agent):
         self.link.close()
         log.info("%s %s stopped: %s", self.tier, self.id, dict(self.counters))
         return 0
+
+
+_SPLIT_FIELDS = ("model", "model_digest", "split", "frame_encoding", "frame_nbytes")
+_TENSOR_FIELDS = ("encoding", "codec", "shape", "scale", "zero_point", "raw_nbytes", "dtype", "nbytes")
+
+
+def _without_tensor_fields(header: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in header.items() if k not in _TENSOR_FIELDS}
+
+
+def _top(logits: list[torch.Tensor], temps: list[float]) -> tuple[list[list[float]], list[list[int]]]:
+    """Per exit and request, the calibrated confidence and predicted class, as Python lists."""
+    with torch.inference_mode():
+        top = [torch.softmax(lg / t, dim=1).max(dim=1) for lg, t in zip(logits, temps, strict=True)]
+    # (exits, batch) as Python lists: indexing tensors element by element costs more than the softmax.
+    return [t.values.tolist() for t in top], [t.indices.tolist() for t in top]

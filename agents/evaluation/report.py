@@ -146,6 +146,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = limit_images(load_image_set(args.data), args.limit)
+    if args.split:
+        return _run_split(args, data)
     first, second = args.model, None
     if args.cascade:
         parts = [p.strip() for p in args.cascade.split(",")]
@@ -164,4 +166,19 @@ def run_eval(args: argparse.Namespace) -> int:
     if plot:
         plot_curve(result, Path(plot))
         print(f"plot written: {plot}")
+    return 0
+
+
+def _run_split(args: argparse.Namespace, data: ImageSet) -> int:
+    from agents.evaluation.split import format_split_table, split_report
+
+    if not args.model or args.cascade:
+        raise UserError("--split takes one model: --model NAME (not --cascade)")
+    codecs = [c.strip() for c in args.codecs.split(",")] if args.codecs else None
+    result = split_report(args.model, data, codecs)
+    print(format_split_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nJSON written: {args.json}")
     return 0

@@ -29,7 +29,7 @@ MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 TENSOR_DTYPES = ("float32", "float16", "uint8", "int8")
 IMAGE_ENCODINGS = ("jpeg", "png", "raw")
-ENCODINGS = (*IMAGE_ENCODINGS, "tensor", "none")
+ENCODINGS = (*IMAGE_ENCODINGS, "tensor", "activation", "none")
 
 
 class MessageError(ValueError):

@@ -1,0 +1,75 @@
+"""Activation codecs on real activations of the shipped device model: exactness, error bounds, bad input."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from agents.datasets import SAMPLE_TAR, load_image_set
+from agents.models.checkpoint import load_checkpoint
+from agents.models.inputs import to_input
+from agents.transport.activations import all_codecs, decode_activation, encode_activation, parse_codec
+from agents.transport.envelope import Envelope, MessageError, decode, encode
+
+
+@pytest.fixture(scope="module")
+def activation() -> torch.Tensor:
+    model, _ = load_checkpoint("device-small")
+    images = load_image_set(SAMPLE_TAR).images[:1]
+    with torch.inference_mode():
+        return model.run(to_input(images), end=2, exits=False).activation.clone()
+
+
+def _roundtrip(x: torch.Tensor, codec: str) -> tuple[torch.Tensor, int]:
+    header, payload = encode_activation(x, codec)
+    env = decode(encode(Envelope({"id": "r1", **header}, payload)))  # through the real envelope
+    return decode_activation(env, tuple(x.shape)), len(payload)
+
+
+@pytest.mark.parametrize("codec", all_codecs())
+def test_roundtrip_error_bounds(activation: torch.Tensor, codec: str) -> None:
+    y, nbytes = _roundtrip(activation, codec)
+    err = float((y - activation).abs().max())
+    span = float(activation.max() - torch.clamp(activation.min(), max=0))
+    if codec.startswith("fp32"):
+        assert torch.equal(y, activation)
+    elif codec.startswith("fp16"):
+        assert err <= float(activation.abs().max()) * 2**-10
+    else:
+        assert err <= span / 255 * 0.5 + 1e-6  # half a quantisation step
+    raw = activation.numel() * {"fp32": 4, "fp16": 2, "int8": 1, "int8-channel": 1}[parse_codec(codec).format]
+    assert (nbytes < raw) if "+zlib" in codec else (nbytes == raw)
+
+
+def test_per_channel_is_finer_than_per_tensor(activation: torch.Tensor) -> None:
+    tensor_err = float((_roundtrip(activation, "int8")[0] - activation).abs().mean())
+    channel_err = float((_roundtrip(activation, "int8-channel")[0] - activation).abs().mean())
+    assert channel_err < tensor_err
+
+
+def test_bad_activations_are_rejected(activation: torch.Tensor) -> None:
+    shape = tuple(activation.shape)
+    header, payload = encode_activation(activation, "int8")
+    cases = {
+        "shape": ({**header, "shape": [1, 16, 16, 32]}, payload),
+        "codec": ({**header, "codec": "int4"}, payload),
+        "payload": ({**header}, payload[:-1]),
+    }
+    for kind, (h, p) in cases.items():
+        with pytest.raises(MessageError) as info:
+            decode_activation(Envelope({"id": "r", **h}, p), shape)
+        assert info.value.kind == kind
+    for bad in ({"scale": [0.0]}, {"scale": [1.0, 2.0]}, {"zero_point": [300]}, {"scale": ["x"]}):
+        with pytest.raises(MessageError, match="int8"):
+            decode_activation(Envelope({"id": "r", **header, **bad}, payload), shape)
+    # A zlib bomb: a small payload that inflates past what the shape allows is cut at the bound.
+    zh, _ = encode_activation(activation, "fp32+zlib")
+    bomb = zlib.compress(b"\0" * (activation.numel() * 4 * 50))
+    with pytest.raises(MessageError, match="does not end"):
+        decode_activation(Envelope({"id": "r", **zh}, bomb), shape)
+    with pytest.raises(MessageError, match="corrupt"):
+        decode_activation(Envelope({"id": "r", **zh}, b"not zlib at all"), shape)
+    with pytest.raises(ValueError, match="expected one of fp32"):
+        parse_codec("fp8")
