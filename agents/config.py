@@ -55,6 +55,15 @@ class BrokerConfig(Strict):
     )
     reassembly_timeout_s: float = Field(5.0, gt=0, description="an incomplete set of chunks is dropped after this")
 
+    @model_validator(mode="after")
+    def _chunks_fit(self) -> BrokerConfig:
+        if self.chunk_bytes > self.max_payload_bytes:
+            raise ValueError(
+                f"chunk_bytes {self.chunk_bytes} exceeds max_payload_bytes {self.max_payload_bytes}: "
+                "a chunk is itself a message"
+            )
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _no_inline_secrets(cls, data: Any) -> Any:

@@ -22,12 +22,12 @@ from agents.transport.mqtt import LinkSettings, MqttLink
 from agents.transport.topics import Topics
 
 
-def write_config(tmp: Path, broker: BrokerProcess, **overrides: Any) -> Path:
+def write_config(tmp: Path, broker: BrokerProcess, /, **overrides: Any) -> Path:
     """A deployment on ``broker`` using the shipped models; ``overrides`` replace top-level sections."""
     cfg: dict[str, Any] = {
         "deployment": "t",
         "run_dir": str(tmp / "runs"),
-        "broker": {"host": broker.host, "port": broker.port, "max_payload_bytes": 65536},
+        "broker": {"host": broker.host, "port": broker.port, "max_payload_bytes": 65536, "chunk_bytes": 32768},
         "devices": [
             {
                 "id": "dev1",
