@@ -115,7 +115,8 @@ def load_checkpoint(ref: str | Path) -> tuple[StagedModel, dict[str, Any]]:
     model.load_state_dict(state)
     model.eval()
     if "input_shape" in meta:  # the zoo's nets are fully convolutional: a checkpoint may declare another size
-        model.input_shape = tuple(int(d) for d in meta["input_shape"])
+        c, h, w = (int(d) for d in meta["input_shape"])
+        model.input_shape = (c, h, w)
     return model, meta
 
 
