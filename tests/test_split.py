@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -191,4 +190,4 @@ def test_bad_split_input_is_rejected_and_the_device_falls_back(
     assert [r["prediction"] for r in sorted(recs, key=lambda r: int(r["frame"]))] == _unsplit_predictions(
         "device-small", load_image_set(SAMPLE_TAR).images[:5]
     )
-    assert json.loads(json.dumps(recs[0]))["exit"] == good.model.num_exits - 1
+    assert {r["exit"] for r in recs} == {good.model.num_exits - 1}
