@@ -27,10 +27,11 @@ import torch
 from agents.config import DeploymentConfig
 from agents.errors import UserError
 from agents.models.inputs import to_input
+from agents.models.stats import model_stats
 from agents.records import FrameRecord, RecordWriter
 from agents.runtime import Agent, CalibratedModel, exit_thresholds
 from agents.sources.base import Frame, open_source, paced
-from agents.transport.activations import encode_activation
+from agents.transport.activations import activation_bytes, encode_activation
 from agents.transport.envelope import Envelope, MessageError, encode
 from agents.transport.images import decode_frame, encode_image
 
@@ -67,6 +68,14 @@ class DeviceAgent(Agent):
                 raise UserError(f"devices.{device_id}.split: {self.split} is not within 1..{n - 1} for {self.net.name}")
             resume = cfg.tiers[self.dcfg.offload_to].split_models[self.dcfg.model]
             self._attach_frame = resume.forward == "frame"
+            # Fail at start, not frame by frame at the receiver: every tier shares this broker section.
+            size = activation_bytes(model_stats(self.net.model).split_shapes[self.split], self.dcfg.codec)
+            if size > cfg.broker.max_payload_bytes:
+                raise UserError(
+                    f"devices.{device_id}: the activation of {self.net.name} at split {self.split} is {size} bytes "
+                    f"with codec {self.dcfg.codec}, above broker.max_payload_bytes ({cfg.broker.max_payload_bytes}); "
+                    "raise max_payload_bytes (chunking carries it) or choose a smaller codec or a later split"
+                )
         self._temps = [float(t) for t in self.net.temperatures]
         self.frames_limit = frames
         self.run_id = time.strftime("%Y%m%d-%H%M%S")

@@ -100,7 +100,7 @@ class TierAgent(Agent):
         if isinstance(threshold, list):  # per-exit lists are for the tier's own model
             threshold = None
         # No threshold: only the final exit answers, as for the tier's own model.
-        thresholds = [float("inf")] * net.model.num_exits if threshold is None else [float(threshold)] * n
+        thresholds = [float("inf") if threshold is None else float(threshold)] * net.model.num_exits
         shapes = [(1, *s) for s in model_stats(net.model).split_shapes]
         self.split_nets[net.name] = SplitNet(net, shapes, resume, thresholds)
 

@@ -60,3 +60,25 @@ def test_checkpoint_whose_architecture_does_not_match(tmp_path: Path, sample_pat
 def test_bad_cascade_spec(spec: str, sample_path: Path) -> None:
     proc = cascade("eval", "--cascade", spec, "--data", str(sample_path), "--no-latency")
     assert_one_line_error(proc, "--cascade")
+
+
+def test_split_activation_above_the_payload_limit(tmp_path: Path, sample_path: Path) -> None:
+    cfg = {
+        "deployment": "t",
+        "broker": {"max_payload_bytes": 65536, "chunk_bytes": 32768},
+        "devices": [
+            {"id": "d1", "split": 1, "codec": "fp32", "source": {"kind": "imagefolder", "path": str(sample_path)}}
+        ],
+        "tiers": {"edge": {"model": "edge-medium", "split_models": {"device-small": {}}}},
+    }
+    path = tmp_path / "d.yaml"
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    proc = cascade("device", "--config", str(path), "--id", "d1")
+    assert_one_line_error(proc, "devices.d1", "98304 bytes", "max_payload_bytes")
+    cfg["devices"][0]["codec"] = "int8"  # type: ignore[index]
+    path.write_text(json.dumps(cfg))
+    proc = cascade("check-config", str(path))
+    assert proc.returncode == 0, proc.stderr
+    cfg["devices"][0]["codec"] = "int4"  # type: ignore[index]
+    path.write_text(json.dumps(cfg))
+    assert_one_line_error(cascade("check-config", str(path)), "codec", "int4", "fp32")

@@ -25,6 +25,11 @@ from tests.harness import Watcher, edge_workers, records, spawn, write_config
 FRAMES = 60
 
 
+def _broker_section(broker: BrokerProcess) -> dict[str, object]:
+    """Room for fp32 activations (up to 96 KB here), sent in 64 KiB chunks."""
+    return {"host": broker.host, "port": broker.port, "max_payload_bytes": 1 << 20, "chunk_bytes": 1 << 16}
+
+
 def _source(limit: int = FRAMES, path: Path = SAMPLE_TAR) -> dict[str, object]:
     return {"kind": "imagefolder", "path": str(path), "limit": limit}  # in order: frame i is image i
 
@@ -62,7 +67,7 @@ def test_split_answers_match_the_unsplit_model(tmp_path: Path, broker: BrokerPro
     cfg = write_config(
         tmp_path,
         broker,
-        broker={"host": broker.host, "port": broker.port, "max_payload_bytes": 1 << 20, "chunk_bytes": 1 << 16},
+        broker=_broker_section(broker),
         devices=devices,
         tiers={"edge": {"model": "edge-medium", "threads": 1, "max_batch": 16, "split_models": {"device-small": {}}}},
     )
@@ -191,3 +196,80 @@ def test_bad_split_input_is_rejected_and_the_device_falls_back(
         "device-small", load_image_set(SAMPLE_TAR).images[:5]
     )
     assert {r["exit"] for r in recs} == {good.model.num_exits - 1}
+
+
+def _by_frame(tmp: Path) -> dict[int, dict[str, object]]:
+    recs = records(tmp)
+    assert len(recs) == FRAMES and len({r["frame"] for r in recs}) == FRAMES  # one answer per frame
+    return {int(str(r["frame"])): r for r in recs}
+
+
+def test_edge_stops_at_until_and_the_cloud_finishes_the_activation(
+    tmp_path: Path, broker: BrokerProcess, watcher: Watcher
+) -> None:
+    tiers = {
+        "edge": {
+            "model": "edge-medium",
+            "threshold": 0.9,
+            "forward_to": "cloud",
+            "threads": 1,
+            "split_models": {"device-small": {"until": 3}},  # stages 1-2 (exits 0, 1) here, the rest in the cloud
+        },
+        "cloud": {"model": "cloud-large", "threads": 1, "split_models": {"device-small": {}}},
+    }
+    cfg = write_config(tmp_path, broker, broker=_broker_section(broker), devices=[_device("dev1", 1)], tiers=tiers)
+    cloud = spawn(tmp_path, "cloud", "--config", str(cfg), "--id", "cloud-1", name="cloud")
+    try:
+        watcher.wait_status("cloud-1", b"online")
+        with edge_workers(tmp_path, cfg, watcher):
+            _run_devices(tmp_path, cfg, ["dev1"])
+    finally:
+        assert cloud.poll() is None
+        cloud.terminate()
+        assert cloud.wait(10) == 0
+    model, _ = load_checkpoint("device-small")
+    logits = exit_logits(model, load_image_set(SAMPLE_TAR).images[:FRAMES])
+    tiers_seen = set()
+    for frame, r in _by_frame(tmp_path).items():
+        assert r["outcome"] == "remote" and r["model"] == "device-small", r
+        tiers_seen.add(r["tier"])
+        # Every answer, at the edge's exits or the cloud's final one, is exactly what the whole model gives there.
+        assert r["prediction"] == int(logits[int(str(r["exit"]))][frame].argmax())
+        assert (r["tier"] == "cloud") == (r["exit"] == model.num_exits - 1)
+    assert tiers_seen == {"edge", "cloud"}
+
+
+def test_forward_frame_sends_the_original_frame_to_the_cloud_model(
+    tmp_path: Path, broker: BrokerProcess, watcher: Watcher
+) -> None:
+    tiers = {
+        "edge": {
+            "model": "edge-medium",
+            "threshold": 0.9,
+            "forward_to": "cloud",
+            "threads": 1,
+            "split_models": {"device-small": {"forward": "frame"}},  # MEANet: hard frames go whole to the cloud
+        },
+        "cloud": {"model": "cloud-large", "threads": 1},
+    }
+    cfg = write_config(tmp_path, broker, broker=_broker_section(broker), devices=[_device("dev1", 2)], tiers=tiers)
+    cloud = spawn(tmp_path, "cloud", "--config", str(cfg), "--id", "cloud-1", name="cloud")
+    try:
+        watcher.wait_status("cloud-1", b"online")
+        with edge_workers(tmp_path, cfg, watcher):
+            _run_devices(tmp_path, cfg, ["dev1"])
+    finally:
+        cloud.terminate()
+        assert cloud.wait(10) == 0
+    images = load_image_set(SAMPLE_TAR).images[:FRAMES]
+    device_final = _unsplit_predictions("device-small", images)
+    cloud_final = _unsplit_predictions("cloud-large", images)
+    by_frame = _by_frame(tmp_path)
+    at_cloud = [f for f, r in by_frame.items() if r["tier"] == "cloud"]
+    assert at_cloud and len(at_cloud) < FRAMES
+    for frame, r in by_frame.items():
+        if r["tier"] == "cloud":
+            assert r["model"] == "cloud-large" and r["prediction"] == cloud_final[frame]
+        else:
+            assert r["model"] == "device-small" and r["prediction"] == device_final[frame]
+    assert all(int(str(r["bytes_up"])) > 8192 for r in by_frame.values())  # the fp32 activation plus the PNG

@@ -75,6 +75,12 @@ def _affine(lo: float, hi: float) -> tuple[float, int]:
     return scale, int(min(127, max(-128, round(-128.0 - lo / scale))))
 
 
+def activation_bytes(shape: tuple[int, ...], codec: str | Codec) -> int:
+    """Payload bytes of one activation of ``shape`` (without batch) before compression: the most a codec sends."""
+    c = parse_codec(codec) if isinstance(codec, str) else codec
+    return math.prod(shape) * np.dtype(_WIRE_DTYPE[c.format]).itemsize
+
+
 def _quantize(x: Tensor, per_channel: bool) -> tuple[Tensor, list[float], list[int]]:
     """Affine int8 per tensor or per channel (dimension 1)."""
     if per_channel:
