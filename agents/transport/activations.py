@@ -81,38 +81,49 @@ def activation_bytes(shape: tuple[int, ...], codec: str | Codec) -> int:
     return math.prod(shape) * np.dtype(_WIRE_DTYPE[c.format]).itemsize
 
 
-def _quantize(x: Tensor, per_channel: bool) -> tuple[Tensor, list[float], list[int]]:
-    """Affine int8 per tensor or per channel (dimension 1)."""
-    if per_channel:
-        dims = tuple(d for d in range(x.dim()) if d != 1)
-        lo_c, hi_c = torch.amin(x, dim=dims), torch.amax(x, dim=dims)  # no transposed copy
-        pairs = [_affine(a, b) for a, b in zip(lo_c.tolist(), hi_c.tolist(), strict=True)]
-    else:
+def _quantize(x: Tensor, channel_dim: int | None) -> tuple[Tensor, list[float], list[int]]:
+    """Affine int8 per tensor (``channel_dim`` None) or per channel along ``channel_dim``."""
+    if channel_dim is None:
         lo, hi = torch.aminmax(x)
-        pairs = [_affine(float(lo), float(hi))]
-    scale = [p[0] for p in pairs]
-    zero = [p[1] for p in pairs]
-    if per_channel:
-        view = (1, -1, *([1] * (x.dim() - 2)))
-        inv = torch.tensor([1.0 / v for v in scale]).reshape(view)
-        q = (x * inv).round_().add_(torch.tensor(zero, dtype=torch.float32).reshape(view))
-    else:
+        scale, zero = _affine(float(lo), float(hi))
         # Python scalars: each 1-element tensor op would cost as much as the whole chain.
-        q = (x * (1.0 / scale[0])).round_().add_(zero[0])
-    return q.clamp_(-128, 127).to(torch.int8), scale, zero
+        q = (x * (1.0 / scale)).round_().add_(zero)
+        return q.clamp_(-128, 127).to(torch.int8), [scale], [zero]
+    # Channels as the last axis of a 2-d view: one reduction pass, then the same affine map as vectors.
+    c = x.shape[channel_dim]
+    rows = x.reshape(-1, c) if channel_dim == x.dim() - 1 else x.transpose(channel_dim, -1).reshape(-1, c)
+    lo_c, hi_c = torch.aminmax(rows, dim=0)
+    lo_c, hi_c = lo_c.clamp(max=0.0), hi_c.clamp(min=0.0)
+    scales = ((hi_c - lo_c) / 255.0).clamp_(min=1e-12)
+    zeros = (-128.0 - lo_c / scales).round_().clamp_(-128, 127)
+    view = [1] * x.dim()
+    view[channel_dim] = -1
+    q = (x / scales.reshape(view)).round_().add_(zeros.reshape(view))
+    return q.clamp_(-128, 127).to(torch.int8), scales.tolist(), [int(z) for z in zeros.tolist()]
 
 
 def encode_activation(x: Tensor, codec: str | Codec) -> tuple[dict[str, Any], bytes]:
-    """Header fields and payload bytes for an activation ``x`` (float, shape ``(N, C, ...)``)."""
+    """Header fields and payload bytes for an activation ``x`` (float, shape ``(N, C, ...)``).
+
+    ``shape`` in the header is always the logical ``(N, C, H, W)``. A channels-last
+    activation (what the models compute) is sent in that memory order, a C-order
+    ``(N, H, W, C)`` array marked ``layout: nhwc``, which saves a transposing copy on
+    both sides; anything else is sent C-order as ``(N, C, ...)``.
+    """
     c = parse_codec(codec) if isinstance(codec, str) else codec
-    x = x.detach().float().contiguous()
+    x = x.detach().float()
     header: dict[str, Any] = {"encoding": "activation", "codec": c.name, "shape": list(x.shape)}
-    if c.format == "fp32":
-        raw = x.numpy().tobytes()
-    elif c.format == "fp16":
-        raw = x.half().numpy().tobytes()
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        wire, channel_dim = x.permute(0, 2, 3, 1), 3  # contiguous: a view, no copy
+        header["layout"] = "nhwc"
     else:
-        q, scale, zero = _quantize(x, per_channel=c.format == "int8-channel")
+        wire, channel_dim = x.contiguous(), 1
+    if c.format == "fp32":
+        raw = wire.numpy().tobytes()
+    elif c.format == "fp16":
+        raw = wire.half().numpy().tobytes()
+    else:
+        q, scale, zero = _quantize(wire, channel_dim if c.format == "int8-channel" else None)
         raw = q.numpy().tobytes()
         header["scale"] = scale
         header["zero_point"] = zero
@@ -160,30 +171,41 @@ def decode_activation(envelope: Envelope, expected_shape: tuple[int, ...]) -> Te
         raise MessageError(
             "payload", f"header announces {h.get('raw_nbytes')} raw bytes, the shape needs {expected_bytes}"
         )
+    layout = h.get("layout", "nchw")
+    if layout not in ("nchw", "nhwc") or (layout == "nhwc" and len(shape) != 4):
+        raise MessageError("shape", f"activation layout {layout!r} must be nchw, or nhwc for 4-d activations")
     raw = _decompress(envelope.payload, c.compress, expected_bytes)
     # bytearray: a writable copy torch can wrap; torch converts fp16 in hardware, numpy does not.
-    values = torch.frombuffer(bytearray(raw), dtype=_TORCH_DTYPE[c.format]).reshape(shape)
+    flat = torch.frombuffer(bytearray(raw), dtype=_TORCH_DTYPE[c.format])
+    if layout == "nhwc":  # back to logical NCHW as a channels-last view: no copy, and what the model prefers
+        n, ch, hh, ww = shape
+        values = flat.reshape(n, hh, ww, ch).permute(0, 3, 1, 2)
+    else:
+        values = flat.reshape(shape)
     if c.format in ("fp32", "fp16"):
         return values.float()
     channels = shape[1] if c.format == "int8-channel" and len(shape) > 1 else 1
-    scale = _params(h, "scale", channels, float)
-    zero = _params(h, "zero_point", channels, int)
-    if any(not (math.isfinite(s) and s > 0) for s in scale) or any(not -128 <= z <= 127 for z in zero):
-        raise MessageError("payload", "int8 scale must be finite and positive, zero point within -128..127")
-    view = (1, -1, *([1] * (len(shape) - 2))) if channels > 1 else (1,)
-    if channels == 1:
-        return values.float().sub_(zero[0]).mul_(scale[0])
-    s = torch.tensor(scale, dtype=torch.float32).reshape(view)
-    z = torch.tensor(zero, dtype=torch.float32).reshape(view)
-    return values.float().sub_(z).mul_(s)
+    scale = _params(h, "scale", channels)
+    zero = _params(h, "zero_point", channels)
+    bad = "int8 scale must be finite and positive, zero point within -128..127"
+    if channels == 1:  # Python scalars: a handful of 1-element tensor ops would cost more than the data
+        s0, z0 = float(scale[0]), float(zero[0])
+        if not (math.isfinite(s0) and s0 > 0 and -128 <= z0 <= 127):
+            raise MessageError("payload", bad)
+        return values.float().sub_(z0).mul_(s0)
+    st, zt = torch.tensor(scale, dtype=torch.float32), torch.tensor(zero, dtype=torch.float32)
+    if not (torch.isfinite(st).all() and (st > 0).all() and (zt >= -128).all() and (zt <= 127).all()):
+        raise MessageError("payload", bad)
+    view = (1, -1, *([1] * (len(shape) - 2)))
+    return values.float().sub_(zt.reshape(view)).mul_(st.reshape(view))
 
 
-def _params(header: dict[str, Any], key: str, n: int, kind: type) -> list[Any]:
+def _params(header: dict[str, Any], key: str, n: int) -> list[float]:
     value = header.get(key)
     if (
         not isinstance(value, list)
         or len(value) != n
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not all(type(v) in (int, float) for v in value)  # bool is not a number here
     ):
-        raise MessageError("payload", f"int8 activation needs {n} {key} value(s), got {value!r}")
-    return [kind(v) for v in value]
+        raise MessageError("payload", f"int8 activation needs {n} numeric {key} value(s), got {value!r}")
+    return value
