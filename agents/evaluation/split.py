@@ -61,23 +61,23 @@ def split_report(
     progress = tqdm(total=len(splits) * len(codecs) * len(data), desc=f"split {model.name}", unit="img", leave=False)
     for k in splits:
         device_macs, remaining_macs = split_macs(model, k)
-        for codec in codecs:
-            preds: list[torch.Tensor] = []
-            nbytes = 0
-            shape: tuple[int, ...] = ()
-            for s in range(0, len(data), batch_size):
-                acts = model.run(to_input(data.images[s : s + batch_size]), end=k, exits=False).activation
+        shape = (1, *model_stats(model).split_shapes[k])
+        preds: dict[str, list[torch.Tensor]] = {c: [] for c in codecs}
+        nbytes = dict.fromkeys(codecs, 0)
+        for s in range(0, len(data), batch_size):
+            # The device side once per batch; every codec then encodes the same activations.
+            acts = model.run(to_input(data.images[s : s + batch_size]), end=k, exits=False).activation
+            for codec in codecs:
                 decoded = []
                 for i in range(acts.shape[0]):
-                    one = acts[i : i + 1]
-                    header, payload = encode_activation(one, codec)
-                    nbytes += len(payload)
-                    shape = tuple(one.shape)
+                    header, payload = encode_activation(acts[i : i + 1], codec)
+                    nbytes[codec] += len(payload)
                     decoded.append(decode_activation(Envelope({"id": "eval", **header}, payload), shape))
                 rest = model.run(torch.cat(decoded), start=k, exits=False).activation
-                preds.append(model.heads[last](rest).argmax(1))
+                preds[codec].append(model.heads[last](rest).argmax(1))
                 progress.update(acts.shape[0])
-            pred = torch.cat(preds)
+        for codec in codecs:
+            pred = torch.cat(preds[codec])
             points.append(
                 {
                     "split": k,
@@ -85,7 +85,7 @@ def split_report(
                     "device_macs": device_macs,
                     "remaining_macs": remaining_macs,
                     "codec": codec,
-                    "bytes": round(nbytes / len(data), 1),
+                    "bytes": round(nbytes[codec] / len(data), 1),
                     "accuracy": round(float((pred == labels).float().mean()), 6),
                     "agreement": round(float((pred == unsplit).float().mean()), 6),
                 }
