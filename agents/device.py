@@ -17,7 +17,7 @@ import math
 import queue
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -88,7 +88,10 @@ class DeviceAgent(Agent):
         self.reply_topic = self.topics.results(device_id)
         self.prefix = f"{device_id}-{uuid.uuid4().hex[:6]}"
         self._frames_seen = 0
-        self._fps_window: list[float] = []
+        # Answers by outcome, counted on the worker thread alone (no lock on the per-frame path);
+        # frames/s from (time, answers) samples taken at each health report.
+        self._answered = {"local": 0, "remote": 0, "timeout": 0}
+        self._fps_samples: deque[tuple[float, int]] = deque()
 
     # --- paho thread ----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, _props: Any) -> None:
@@ -252,8 +255,7 @@ class DeviceAgent(Agent):
             self._finished[record.request_id] = outcome
             if len(self._finished) > 100_000:
                 self._finished.popitem(last=False)
-        self.count(f"answered_{outcome}")
-        self._fps_window.append(time.monotonic())
+        self._answered[outcome] += 1
 
     def _handle_result(self, env: Envelope) -> None:
         rid = env.id
@@ -311,14 +313,19 @@ class DeviceAgent(Agent):
     def health(self) -> dict[str, Any]:
         """Live status: frames, answers by outcome, in flight, frames/s over the last 5 s."""
         h = super().health()
+        h["counters"].update({f"answered_{k}": v for k, v in self._answered.items() if v})
         now = time.monotonic()
-        self._fps_window = [t for t in self._fps_window if now - t <= 5.0]
+        answered = sum(self._answered.values())
+        self._fps_samples.append((now, answered))
+        while len(self._fps_samples) > 1 and now - self._fps_samples[0][0] > 5.0:
+            self._fps_samples.popleft()
+        t0, n0 = self._fps_samples[0]
         h.update(
             frames=self._frames_seen,
             in_flight=len(self.pending),
-            answered=self.writer.count,
+            answered=answered,
             record_errors=self.writer.errors,
-            fps=round(len(self._fps_window) / 5.0, 1),
+            fps=round((answered - n0) / (now - t0), 1) if now > t0 else 0.0,
         )
         return h
 
@@ -350,5 +357,5 @@ class DeviceAgent(Agent):
         self.maybe_publish_health(0)
         self.link.publish(self.topics.health(self.id), json.dumps({**self.health(), "done": True}).encode(), qos=1)
         self.link.close()
-        log.info("device %s done: %d frames, %s", self.id, self._frames_seen, dict(self.counters))
+        log.info("device %s done: %d frames, %s", self.id, self._frames_seen, self.health()["counters"])
         return 0
