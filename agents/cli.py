@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="device exit threshold (overrides the config)")
     p.add_argument("--edge-threshold", type=float, help="edge threshold below which it forwards to the cloud")
     p.add_argument("--no-cloud", action="store_true", help="device and edge only; the edge answers at its final exit")
+    p.add_argument("--split", type=int, help="split the device model at this point and send activations to the edge")
+    p.add_argument("--codec", default="fp32", help="activation codec with --split (default fp32; e.g. int8+zlib)")
     p.add_argument("--run-dir", help="run directory (default runs/demo-<time>)")
     p.add_argument("--json", help="write the summary to this JSON file")
     p.set_defaults(handler=_cmd_demo)

@@ -58,6 +58,13 @@ def demo_config(base: Path, run_dir: Path, broker: BrokerProcess, args: argparse
         raw["tiers"]["edge"].pop("forward_to", None)
         raw["tiers"]["edge"].pop("threshold", None)
         raw["tiers"].pop("cloud", None)
+    if args.split is not None:
+        # The edge finishes the device's model from the activation; with a cloud, what the edge is
+        # still unsure of goes on as the original frame to the cloud's own model (MEANet's path).
+        device["split"] = args.split
+        device["codec"] = args.codec
+        resume = {"forward": "frame"} if "cloud" in raw["tiers"] else {}
+        raw["tiers"]["edge"]["split_models"] = {device.get("model", "device-small"): resume}
     DeploymentConfig.model_validate(raw)
     return raw
 

@@ -78,6 +78,8 @@ def test_demo_runs_on_the_embedded_broker_without_mosquitto(tmp_path: Path, monk
         threshold=None,
         edge_threshold=None,
         no_cloud=True,
+        split=None,
+        codec="fp32",
         run_dir=str(tmp_path / "run"),
         json=str(out),
     )
@@ -99,3 +101,10 @@ def test_online_cascade_matches_the_offline_curve(tmp_path: Path) -> None:
     assert online["timeouts"] == 0
     assert abs(online["accuracy"] - point["accuracy"]) <= 0.01, (online, point)
     assert abs(online["offload_fraction"] - point["exit_fraction"][-1]) <= 0.01, (online, point)
+
+
+def test_demo_with_a_split_device(tmp_path: Path) -> None:
+    summary, _ = run_demo_command(tmp_path, "--split", "2", "--codec", "int8", "--frames", "120")
+    assert summary["answered"] == 120 and summary["lost"] == 0 and summary["timeouts"] == 0
+    assert summary["by_tier"]["edge"] > 0 and summary["by_tier"]["cloud"] > 0  # finished at the edge, or frames on
+    assert summary["bytes_up_per_offload"] > 32 * 16 * 16  # the int8 activation, plus the PNG for the cloud path
