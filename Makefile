@@ -10,10 +10,13 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
 
-# Services the tests start themselves (mosquitto on a free loopback port).
+# Services the tests start themselves on free loopback ports: mosquitto and influxd (InfluxDB 1.x).
 system-deps:
-	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
-	  { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
+	@need=""; \
+	  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need="$$need mosquitto"; \
+	  command -v influxd >/dev/null || [ -x /usr/bin/influxd ] || need="$$need influxdb"; \
+	  [ -z "$$need" ] || { $(SUDO) apt-get update -qq && \
+	    $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -181,6 +181,42 @@ class SensorConfig(Strict):
     encoding: Literal["jpeg", "png", "raw"] = "png"
 
 
+class InfluxConfig(Strict):
+    """InfluxDB for frame records (v1 ``/write``: InfluxDB 1.x; 2.x through a DBRP mapping; 3.x)."""
+
+    url: str = Field(description="base URL, e.g. http://influx.lab:8086")
+    database: Name
+    retention_policy: str | None = None
+    username_env: str = Field("CASCADE_INFLUX_USERNAME", description="environment variable with the user name")
+    password_env: str = Field("CASCADE_INFLUX_PASSWORD", description="environment variable with the password")
+    token_env: str = Field("CASCADE_INFLUX_TOKEN", description="environment variable with an API token (2.x/3.x)")
+    batch_lines: int = Field(5000, ge=1, le=100_000)
+    flush_s: float = Field(1.0, gt=0, le=60)
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    spool_max_bytes: int = Field(256 * 1024 * 1024, ge=4096, description="disk kept for points while it is away")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ({"password", "token"} & set(data)):
+            raise ValueError("secrets do not belong in the YAML: set password_env / token_env")
+        return data
+
+    def secret(self, env: str) -> str | None:
+        """A credential from the environment or ``$CREDENTIALS_DIRECTORY/<lowercased name>`` (systemd)."""
+        if value := os.environ.get(env):
+            return value
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        path = Path(cred_dir) / env.lower() if cred_dir else None
+        return path.read_text().strip() if path is not None and path.is_file() else None
+
+
+class TelemetryConfig(Strict):
+    """Where records go besides the run directory."""
+
+    influx: InfluxConfig | None = None
+
+
 class DeploymentConfig(Strict):
     """A whole deployment."""
 
@@ -190,6 +226,7 @@ class DeploymentConfig(Strict):
     devices: list[DeviceConfig] = Field(default_factory=list)
     tiers: dict[Name, TierConfig] = Field(default_factory=dict)
     sensors: list[SensorConfig] = Field(default_factory=list)
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @field_validator("devices", "sensors")
     @classmethod

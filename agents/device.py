@@ -31,6 +31,7 @@ from agents.models.stats import model_stats
 from agents.records import FrameRecord, RecordWriter
 from agents.runtime import Agent, CalibratedModel, exit_thresholds
 from agents.sources.base import Frame, open_source, paced
+from agents.telemetry.influx import influx_sink
 from agents.transport.activations import activation_bytes, encode_activation
 from agents.transport.envelope import Envelope, MessageError, encode
 from agents.transport.images import decode_frame, encode_image
@@ -84,7 +85,9 @@ class DeviceAgent(Agent):
         self.pending: dict[str, Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._finished: OrderedDict[str, str] = OrderedDict()  # id -> outcome, for duplicates and late replies
-        self.writer = RecordWriter(cfg.run_dir / device_id)
+        influx = cfg.telemetry.influx
+        self.sink = influx_sink(influx, cfg.run_dir / device_id / "influx-spool") if influx else None
+        self.writer = RecordWriter(cfg.run_dir / device_id, sink=self.sink)
         self.reply_topic = self.topics.results(device_id)
         self.prefix = f"{device_id}-{uuid.uuid4().hex[:6]}"
         self._frames_seen = 0
@@ -325,6 +328,7 @@ class DeviceAgent(Agent):
             in_flight=len(self.pending),
             answered=answered,
             record_errors=self.writer.errors,
+            **(self.sink.status() if self.sink is not None else {}),
             fps=round((answered - n0) / (now - t0), 1) if now > t0 else 0.0,
         )
         return h
@@ -354,6 +358,8 @@ class DeviceAgent(Agent):
         for rid in list(self.pending):  # stopped early: answer what is left locally
             self._finish_locally(self.pending.pop(rid))
         self.writer.close()
+        if self.sink is not None:
+            self.sink.close()  # what InfluxDB did not take in time stays in the spool for the next start
         self.maybe_publish_health(0)
         self.link.publish(self.topics.health(self.id), json.dumps({**self.health(), "done": True}).encode(), qos=1)
         self.link.close()

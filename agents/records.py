@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
@@ -150,6 +150,13 @@ def _escape_key(text: str) -> str:
     return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
+class LineSink(Protocol):
+    """Anything that takes line-protocol lines without blocking (see :class:`agents.telemetry.influx.InfluxSink`)."""
+
+    def submit(self, lines: list[str]) -> None:
+        """Queue lines; never blocks."""
+
+
 class RecordWriter:
     """Appends records to ``frames.jsonl`` and ``frames.lp`` in a run directory; thread-safe.
 
@@ -165,12 +172,13 @@ class RecordWriter:
     goes on.
     """
 
-    def __init__(self, run_dir: Path, flush_s: float = 1.0, batch: int = 256) -> None:
+    def __init__(self, run_dir: Path, flush_s: float = 1.0, batch: int = 256, sink: LineSink | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = run_dir
         self.flush_s = flush_s
         self.batch = batch
         self._held: list[FrameRecord] = []
+        self.sink = sink  # also gets every line-protocol line (e.g. an InfluxDB sink), off the hot path
         self._lock = threading.Lock()
         self._jsonl: BinaryIO = (run_dir / "frames.jsonl").open("ab", buffering=1 << 16)
         self._lp: BinaryIO = (run_dir / "frames.lp").open("ab", buffering=1 << 16)
@@ -214,6 +222,8 @@ class RecordWriter:
                 self._lp.write(("\n".join(lp) + "\n").encode())
             except OSError as exc:
                 self._error(f"{len(js)} records not written ({exc})", len(js))
+            if self.sink is not None:
+                self.sink.submit(lp)
 
     def write_late(self, request_id: str, tier: str, prediction: int, after_deadline_ms: float) -> None:
         """Note a reply that came after its frame was answered locally (the answer stays as it was)."""

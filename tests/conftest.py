@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agents.datasets import SAMPLE_TAR, ImageSet, load_image_set
+from agents.telemetry.influxd import InfluxServer
 from agents.transport.broker import BrokerProcess, start_mosquitto
 from tests.harness import Watcher
 
@@ -43,3 +44,14 @@ def watcher(broker: BrokerProcess) -> Iterator[Watcher]:
     w = Watcher(broker)
     yield w
     w.close()
+
+
+@pytest.fixture
+def influx(tmp_path: Path) -> Iterator[InfluxServer]:
+    """A real influxd (1.x) on free loopback ports with a throwaway data directory."""
+    server = InfluxServer(tmp_path / "influxdb")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

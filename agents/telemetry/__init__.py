@@ -1,0 +1,1 @@
+"""Telemetry: shipping records and health to InfluxDB."""

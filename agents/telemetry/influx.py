@@ -1,0 +1,258 @@
+"""Ship line protocol to InfluxDB off the hot path, in batches, and lose nothing while it is away.
+
+Lines are handed over with :meth:`InfluxSink.submit` (never blocks, never raises).
+A background thread packs them into batches, gzips them and POSTs them to the v1
+``/write`` endpoint (InfluxDB 1.x; 2.x through a DBRP mapping; 3.x) with explicit
+nanosecond precision. On 429, 5xx or a connection error a batch goes to the spool
+directory on disk and the sink retries with exponential backoff (honouring
+``Retry-After``); spooled batches are sent first and in order once the database
+answers again, and survive a restart of the agent. The spool is bounded: past
+``spool_max_bytes`` the oldest batches are dropped and their points counted. A batch
+the server refuses as malformed (400) is counted and logged, not retried forever.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import logging
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.config import InfluxConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InfluxTarget:
+    """Where points go: a v1 write URL and its credentials (from the environment, never from YAML)."""
+
+    url: str
+    database: str
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    retention_policy: str | None = None
+    timeout_s: float = 5.0
+
+    def write_url(self) -> str:
+        """The ``/write`` URL with database, precision and retention policy."""
+        query = {"db": self.database, "precision": "ns"}
+        if self.retention_policy:
+            query["rp"] = self.retention_policy
+        return f"{self.url.rstrip('/')}/write?{urllib.parse.urlencode(query)}"
+
+    def headers(self) -> dict[str, str]:
+        """Content headers plus authentication (basic for 1.x, token for 2.x/3.x compatibility)."""
+        h = {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip"}
+        if self.token:
+            h["Authorization"] = f"Token {self.token}"
+        elif self.username:
+            cred = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
+            h["Authorization"] = f"Basic {cred}"
+        return h
+
+
+class _Retryable(Exception):
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class InfluxSink:
+    """Batches lines and writes them to InfluxDB on its own thread; spools to disk while it cannot."""
+
+    def __init__(
+        self,
+        target: InfluxTarget,
+        spool_dir: Path,
+        batch_lines: int = 5000,
+        flush_s: float = 1.0,
+        spool_max_bytes: int = 256 * 1024 * 1024,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.target = target
+        self.spool_dir = spool_dir
+        self.batch_lines = batch_lines
+        self.flush_s = flush_s
+        self.spool_max_bytes = spool_max_bytes
+        self.max_backoff_s = max_backoff_s
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        self._pending: deque[str] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._seq = max((int(p.name.split("-")[0]) for p in self._spooled()), default=0)
+        self.written = 0  # points the server accepted
+        self.spooled = 0  # points that went to disk at least once
+        self.dropped = 0  # points lost: spool cap hit, or refused by the server as malformed
+        self.errors = 0  # failed write attempts
+        self._backoff = 0.0
+        self._next_try = 0.0
+        self._thread = threading.Thread(target=self._run, name="influx-sink", daemon=True)
+        self._thread.start()
+
+    # --- any thread ------------------------------------------------------------------------
+    def submit(self, lines: list[str]) -> None:
+        """Queue lines for writing (returns at once)."""
+        if not lines:
+            return
+        with self._cond:
+            self._pending.extend(lines)
+            if len(self._pending) >= self.batch_lines:
+                self._cond.notify()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Send what is queued (for up to ``timeout_s``); what cannot be sent stays in the spool on disk."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout_s + 1.0)
+        with self._cond:  # not sent in time: keep it for the next start
+            if self._pending:
+                self._spool(list(self._pending))
+                self._pending.clear()
+
+    def status(self) -> dict[str, int]:
+        """Counters for the agent's health report."""
+        return {
+            "influx_written": self.written,
+            "influx_spooled": self.spooled,
+            "influx_backlog": self.backlog,
+            "influx_dropped": self.dropped,
+            "influx_errors": self.errors,
+        }
+
+    @property
+    def backlog(self) -> int:
+        """Batches waiting in the spool."""
+        return len(self._spooled())
+
+    # --- sink thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._closing and len(self._pending) < self.batch_lines:
+                    self._cond.wait(self.flush_s)
+                closing = self._closing
+                batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.batch_lines))]
+            # Spooled batches are older: while any wait, new ones queue behind them on disk.
+            if batch and (self._spooled() or not self._ready() or not self._post(_pack(batch), len(batch))):
+                self._spool(batch)
+            self._drain_spool()
+            if closing:
+                with self._cond:
+                    empty = not self._pending
+                if empty and (not self._spooled() or not self._ready()):
+                    return  # done, or the database is away: the spool keeps the rest for the next start
+
+    def _ready(self) -> bool:
+        return time.monotonic() >= self._next_try
+
+    def _drain_spool(self) -> None:
+        for path in self._spooled():
+            if not self._ready():
+                return
+            try:
+                body = path.read_bytes()
+            except OSError as exc:
+                log.error("influx spool %s unreadable (%s); skipped", path, exc)
+                continue
+            if not self._post(body, _points(path)):
+                return
+            path.unlink(missing_ok=True)
+
+    def _post(self, body: bytes, points: int) -> bool:
+        """True when the batch is done with (written, or refused as malformed); False to keep and retry."""
+        try:
+            self._request(body)
+        except _Retryable as exc:
+            self.errors += 1
+            self._backoff = min(self.max_backoff_s, max(0.5, self._backoff * 2))
+            wait = exc.retry_after if exc.retry_after is not None else self._backoff
+            self._next_try = time.monotonic() + wait
+            if self.errors == 1 or self.errors % 20 == 0:
+                log.warning("influx at %s: %s; spooling, retry in %.1f s", self.target.url, exc, wait)
+            return False
+        except ValueError as exc:  # the server refused the points themselves: retrying cannot help
+            self.dropped += points
+            log.error("influx refused a batch of %d points: %s", points, exc)
+            return True
+        self._backoff = 0.0
+        self._next_try = 0.0
+        self.written += points
+        return True
+
+    def _request(self, body: bytes) -> None:
+        req = urllib.request.Request(self.target.write_url(), data=body, headers=self.target.headers(), method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.target.timeout_s) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300].decode(errors="replace")
+            if exc.code == 429 or exc.code >= 500:
+                retry = exc.headers.get("Retry-After")
+                wait = float(retry) if retry and retry.isdigit() else None
+                raise _Retryable(f"HTTP {exc.code} {detail}", wait) from None
+            if exc.code in (401, 403, 404):  # credentials or database: a person must act; keep the data
+                raise _Retryable(f"HTTP {exc.code} {detail} (check credentials and the database)") from None
+            raise ValueError(f"HTTP {exc.code} {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise _Retryable(f"unreachable ({getattr(exc, 'reason', exc)})") from None
+
+    def _spooled(self) -> list[Path]:
+        return sorted(self.spool_dir.glob("*.lp.gz"), key=lambda p: p.name)
+
+    def _spool(self, lines: list[str]) -> None:
+        with self._cond:  # close() may spool from another thread
+            self._seq += 1
+            path = self.spool_dir / f"{self._seq:012d}-{len(lines)}.lp.gz"
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(_pack(lines))
+            tmp.replace(path)
+        except OSError as exc:
+            self.dropped += len(lines)
+            log.error("influx spool %s: cannot write (%s); %d points lost", self.spool_dir, exc, len(lines))
+            return
+        self.spooled += len(lines)
+        files = self._spooled()
+        total = sum(p.stat().st_size for p in files)
+        while total > self.spool_max_bytes and len(files) > 1:
+            oldest = files.pop(0)
+            total -= oldest.stat().st_size
+            self.dropped += _points(oldest)
+            oldest.unlink(missing_ok=True)
+            log.error("influx spool over %d bytes: dropped its oldest batch %s", self.spool_max_bytes, oldest.name)
+
+
+def _pack(lines: list[str]) -> bytes:
+    return gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=5)
+
+
+def _points(path: Path) -> int:
+    """Points in a spool file, from its name (``<seq>-<points>.lp.gz``)."""
+    try:
+        return int(path.name.split(".")[0].split("-")[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def influx_sink(cfg: InfluxConfig, spool_dir: Path) -> InfluxSink:
+    """The sink a deployment's ``telemetry.influx`` section describes, credentials from the environment."""
+    target = InfluxTarget(
+        url=cfg.url,
+        database=cfg.database,
+        username=cfg.secret(cfg.username_env),
+        password=cfg.secret(cfg.password_env),
+        token=cfg.secret(cfg.token_env),
+        retention_policy=cfg.retention_policy,
+        timeout_s=cfg.timeout_s,
+    )
+    return InfluxSink(target, spool_dir, cfg.batch_lines, cfg.flush_s, cfg.spool_max_bytes)
