@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,8 +46,8 @@ def bare_fps() -> float:
     return (len(images) - WARMUP) / (time.perf_counter() - t0)
 
 
-def agent_fps(port: int, run_dir: Path) -> float:
-    """Frames/s of the device agent over the same frames."""
+def agent_fps(port: int, run_dir: Path, **extra: Any) -> float:
+    """Frames/s of the device agent over the same frames (``extra``: more top-level config sections)."""
     cfg = DeploymentConfig.model_validate(
         {
             "deployment": "bench",
@@ -61,6 +62,7 @@ def agent_fps(port: int, run_dir: Path) -> float:
                 }
             ],
             "tiers": {"edge": {"model": "edge-medium"}},
+            **extra,
         }
     )
     DeviceAgent(cfg, "dev1", frames=FRAMES).run()
