@@ -182,10 +182,13 @@ class SensorConfig(Strict):
 
 
 class InfluxConfig(Strict):
-    """InfluxDB for frame records (v1 ``/write``: InfluxDB 1.x; 2.x through a DBRP mapping; 3.x)."""
+    """InfluxDB for telemetry: api v1 (``/write``: InfluxDB 1.x; 2.x through a DBRP mapping; 3.x) or v2 (2.x native)."""
 
     url: str = Field(description="base URL, e.g. http://influx.lab:8086")
-    database: Name
+    api: Literal["v1", "v2"] = "v1"
+    database: Name | None = Field(None, description="database (api v1)")
+    bucket: str | None = Field(None, min_length=1, description="bucket (api v2)")
+    org: str | None = Field(None, min_length=1, description="organisation (api v2)")
     retention_policy: str | None = None
     username_env: str = Field("CASCADE_INFLUX_USERNAME", description="environment variable with the user name")
     password_env: str = Field("CASCADE_INFLUX_PASSWORD", description="environment variable with the password")
@@ -202,6 +205,14 @@ class InfluxConfig(Strict):
             raise ValueError("secrets do not belong in the YAML: set password_env / token_env")
         return data
 
+    @model_validator(mode="after")
+    def _api_fields(self) -> InfluxConfig:
+        if self.api == "v1" and self.database is None:
+            raise ValueError("api v1 needs 'database' (for InfluxDB 2.x through v1, the database of a DBRP mapping)")
+        if self.api == "v2" and (self.bucket is None or self.org is None):
+            raise ValueError("api v2 needs 'bucket' and 'org' (and a token in the environment: token_env)")
+        return self
+
     def secret(self, env: str) -> str | None:
         """A credential from the environment or ``$CREDENTIALS_DIRECTORY/<lowercased name>`` (systemd)."""
         if value := os.environ.get(env):
@@ -211,10 +222,20 @@ class InfluxConfig(Strict):
         return path.read_text().strip() if path is not None and path.is_file() else None
 
 
+class ClockSyncConfig(Strict):
+    """Clock offset estimation between agents over MQTT (NTP four-timestamp exchange)."""
+
+    enabled: bool = True
+    interval_s: float = Field(30.0, ge=1, le=3600, description="seconds between rounds")
+    samples: int = Field(8, ge=1, le=64, description="exchanges per round; the minimum round trip is kept")
+
+
 class TelemetryConfig(Strict):
-    """Where records go besides the run directory."""
+    """Where records go besides the run directory, and how often agents sample their health and clocks."""
 
     influx: InfluxConfig | None = None
+    health_s: float = Field(5.0, ge=0.5, le=300, description="seconds between health points")
+    clock: ClockSyncConfig = ClockSyncConfig()
 
 
 class DeploymentConfig(Strict):

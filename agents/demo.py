@@ -26,6 +26,7 @@ from agents.datasets import SAMPLE_TAR
 from agents.errors import UserError
 from agents.records import read_records
 from agents.summary import format_summary, summarize
+from agents.telemetry.influx import InfluxTarget, create_database, influx_query, influx_target
 from agents.transport.broker import BrokerProcess, start_any_broker
 from agents.transport.mqtt import LinkSettings, MqttLink
 from agents.transport.topics import Topics
@@ -65,8 +66,39 @@ def demo_config(base: Path, run_dir: Path, broker: BrokerProcess, args: argparse
         device["codec"] = args.codec
         resume = {"forward": "frame"} if "cloud" in raw["tiers"] else {}
         raw["tiers"]["edge"]["split_models"] = {device.get("model", "device-small"): resume}
+    if args.influx_url:
+        influx = {"url": args.influx_url, "database": args.influx_db}
+        raw["telemetry"] = {**raw.get("telemetry", {}), "influx": influx}
     DeploymentConfig.model_validate(raw)
     return raw
+
+
+def _prepare_influx(cfg: DeploymentConfig) -> InfluxTarget | None:
+    """Create the demo's database (if it is missing) before any agent writes to it."""
+    if cfg.telemetry.influx is None:
+        return None
+    target = influx_target(cfg.telemetry.influx)
+    try:
+        create_database(target)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"InfluxDB at {target.url}: cannot create database {target.database!r} ({exc}); is influxd running "
+            "there, and do CASCADE_INFLUX_USERNAME / CASCADE_INFLUX_PASSWORD name a user allowed to create it?"
+        ) from None
+    return target
+
+
+def _influx_points(target: InfluxTarget, since_ns: int) -> str:
+    """What landed in InfluxDB since ``since_ns``, for the summary."""
+    counts = []
+    for measurement, field in (("frames", "frame"), ("health", "uptime_s"), ("clocks", "samples")):
+        q = f'SELECT count("{field}") FROM "{measurement}" WHERE time >= {since_ns}'
+        try:
+            series = influx_query(target, q, target.database)["results"][0].get("series")
+        except (OSError, ValueError) as exc:
+            return f"InfluxDB {target.url}: could not count the points ({exc})"
+        counts.append(f"{int(series[0]['values'][0][1]) if series else 0} {measurement}")
+    return f"InfluxDB {target.url} database {target.database}: {', '.join(counts)} points from this run"
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -82,11 +114,15 @@ def run_demo(args: argparse.Namespace) -> int:
     load_config(base)  # a bad base config fails here, with its own file name in the message
     broker = start_any_broker(run_dir / "broker")
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    influx: InfluxTarget | None = None
+    started_ns = 0
     try:
         raw = demo_config(base, run_dir, broker, args)
         cfg_path = run_dir / "deployment.yaml"
         cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
         cfg = load_config(cfg_path)
+        influx = _prepare_influx(cfg)
+        started_ns = time.time_ns() - 1_000_000_000  # health points may be stamped just before the first frame
         topics = Topics(cfg.deployment)
         events: queue.Queue[tuple[str, bytes]] = queue.Queue()
         watcher = MqttLink(
@@ -132,6 +168,8 @@ def run_demo(args: argparse.Namespace) -> int:
     summary = summarize(read_records(run_dir), args.frames)
     summary["run_dir"] = str(run_dir)
     print(format_summary(summary))
+    if influx is not None:
+        print(_influx_points(influx, started_ns))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,7 +31,6 @@ from agents.models.stats import model_stats
 from agents.records import FrameRecord, RecordWriter
 from agents.runtime import Agent, CalibratedModel, exit_thresholds
 from agents.sources.base import Frame, open_source, paced
-from agents.telemetry.influx import influx_sink
 from agents.transport.activations import activation_bytes, encode_activation
 from agents.transport.envelope import Envelope, MessageError, encode
 from agents.transport.images import decode_frame, encode_image
@@ -51,11 +50,14 @@ class Pending:
 class DeviceAgent(Agent):
     """One device: a local model with early exits and an offload path."""
 
-    def __init__(self, cfg: DeploymentConfig, device_id: str, frames: int | None = None) -> None:
+    def __init__(
+        self, cfg: DeploymentConfig, device_id: str, frames: int | None = None, clock_skew_ms: float = 0.0
+    ) -> None:
         self.dcfg = cfg.device(device_id)
         if self.dcfg.threads:
             torch.set_num_threads(self.dcfg.threads)
-        super().__init__(cfg, device_id, "device", self._on_message)
+        super().__init__(cfg, device_id, "device", self._on_message, clock_skew_ms)
+        self._skew_ns = round(clock_skew_ms * 1e6)
         self.net = CalibratedModel(self.dcfg.model)
         self.thresholds = exit_thresholds(
             self.dcfg.threshold, self.net.model.num_exits, f"device {device_id}.threshold"
@@ -79,15 +81,12 @@ class DeviceAgent(Agent):
                 )
         self._temps = [float(t) for t in self.net.temperatures]
         self.frames_limit = frames
-        self.run_id = time.strftime("%Y%m%d-%H%M%S")
         self.results: queue.Queue[Envelope] = queue.Queue()
         self.sensor_frames: queue.Queue[Frame | None] = queue.Queue(maxsize=256)
         self.pending: dict[str, Pending] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._finished: OrderedDict[str, str] = OrderedDict()  # id -> outcome, for duplicates and late replies
-        influx = cfg.telemetry.influx
-        self.sink = influx_sink(influx, cfg.run_dir / device_id / "influx-spool") if influx else None
-        self.writer = RecordWriter(cfg.run_dir / device_id, sink=self.sink)
+        self.writer = RecordWriter(cfg.run_dir / device_id, sink=self.telemetry.sink)
         self.reply_topic = self.topics.results(device_id)
         self.prefix = f"{device_id}-{uuid.uuid4().hex[:6]}"
         self._frames_seen = 0
@@ -95,10 +94,11 @@ class DeviceAgent(Agent):
         # frames/s from (time, answers) samples taken at each health report.
         self._answered = {"local": 0, "remote": 0, "timeout": 0}
         self._fps_samples: deque[tuple[float, int]] = deque()
+        self._newest_capture = 0  # capture time of the newest frame answered: its age is the Age of Information
 
     # --- paho thread ----------------------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes, _props: Any) -> None:
-        now = time.time_ns()
+        now = self.now_ns()
         env = self.receive(topic, payload)
         if env is None:
             return
@@ -121,7 +121,7 @@ class DeviceAgent(Agent):
             self.reject(exc.kind, f"sensor frame {env.id}: {exc.detail}")
             return
         label = env.header.get("label")
-        capture = dict(env.stamps).get("capture", time.time_ns())
+        capture = dict(env.stamps).get("capture", self.now_ns())
         frame = Frame(int(env.header.get("frame", 0)), image, label if isinstance(label, int) else None, capture)
         try:
             self.sensor_frames.put_nowait(frame)
@@ -132,7 +132,10 @@ class DeviceAgent(Agent):
     def _frames(self) -> Iterator[Frame]:
         src = self.dcfg.source
         if src.kind != "sensor":
-            yield from paced(open_source(src), src, self.stop, self.frames_limit)
+            frames = paced(open_source(src), src, self.stop, self.frames_limit)
+            if self._skew_ns:  # the local capture is on this agent's (skewed) clock, like its other stamps
+                frames = (replace(f, capture_ns=f.capture_ns + self._skew_ns) for f in frames)
+            yield from frames
             return
         n = 0
         while not self.stop.is_set() and (self.frames_limit is None or n < self.frames_limit):
@@ -161,7 +164,7 @@ class DeviceAgent(Agent):
             exit=-1,
             model=self.net.name,
             outcome="local",
-            stamps={"capture": frame.capture_ns, "device_start": time.time_ns()},
+            stamps={"capture": frame.capture_ns, "device_start": self.now_ns()},
         )
         # The worker loop runs inside torch.inference_mode (see run): entering it per frame costs 30 µs.
         x = to_input(frame.image[None])
@@ -179,7 +182,7 @@ class DeviceAgent(Agent):
                 confident = True
                 break
         if confident:
-            record.stamps["device_end"] = time.time_ns()
+            record.stamps["device_end"] = self.now_ns()
             self._finish(record, "local")
             return
         if self.split is None:
@@ -187,10 +190,10 @@ class DeviceAgent(Agent):
         else:
             if last_stage < self.split - 1:  # stages after the last exit on the way
                 act = self.net.model.run(act, start=last_stage + 1, end=self.split, exits=False).activation
-            record.stamps["device_end"] = time.time_ns()
+            record.stamps["device_end"] = self.now_ns()
             header, payload = self._split_payload(act, frame)
             record.split = self.split
-        record.stamps.setdefault("device_end", time.time_ns())
+        record.stamps.setdefault("device_end", self.now_ns())
         deadline_ns = frame.capture_ns + int(self.dcfg.deadline_ms * 1e6)
         env = Envelope(
             {
@@ -209,10 +212,10 @@ class DeviceAgent(Agent):
         )
         if frame.label is not None:
             env.header["label"] = frame.label
-        record.stamps["publish"] = time.time_ns()
+        record.stamps["publish"] = self.now_ns()
         env.stamp("publish", record.stamps["publish"])
         record.bytes_up = len(payload)
-        deadline = time.monotonic() + max(0.0, (deadline_ns - time.time_ns()) / 1e9)
+        deadline = time.monotonic() + max(0.0, (deadline_ns - self.now_ns()) / 1e9)
         self.pending[rid] = Pending(record, deadline, act if self.split is not None else None)
         heapq.heappush(self._deadlines, (deadline, rid))
         self.send(
@@ -224,6 +227,15 @@ class DeviceAgent(Agent):
             response_topic=self.reply_topic,
         )
         self.count("offloaded")
+
+    def _tier_chain(self) -> list[str]:
+        """The tiers this device's requests can reach (its offload tier and onward): their clocks stamp its frames."""
+        chain: list[str] = []
+        tier: str | None = self.dcfg.offload_to
+        while tier is not None and tier not in chain and tier in self.cfg.tiers:
+            chain.append(tier)
+            tier = self.cfg.tiers[tier].forward_to
+        return chain
 
     def _split_payload(self, act: torch.Tensor, frame: Frame) -> tuple[dict[str, Any], bytes]:
         """Header fields and bytes of a split request: the activation, and the frame when the tier may need it."""
@@ -252,7 +264,9 @@ class DeviceAgent(Agent):
 
     def _finish(self, record: FrameRecord, outcome: str) -> None:
         record.outcome = outcome
-        record.stamps["answer"] = time.time_ns()
+        record.stamps["answer"] = self.now_ns()
+        if record.stamps["capture"] > self._newest_capture:
+            self._newest_capture = record.stamps["capture"]
         self.writer.write(record)
         if outcome != "local":  # only a frame that was sent out can draw a late or duplicate reply
             self._finished[record.request_id] = outcome
@@ -271,7 +285,7 @@ class DeviceAgent(Agent):
                     rid,
                     str(env.header.get("tier")),
                     int(env.header.get("prediction", -1)),
-                    (time.time_ns() - deadline_ns) / 1e6,
+                    (self.now_ns() - deadline_ns) / 1e6,
                 )
             elif rid in self._finished:
                 self.count("duplicate_replies")
@@ -289,6 +303,11 @@ class DeviceAgent(Agent):
             return
         for name, ns in env.stamps:
             r.stamps.setdefault(name, ns)
+        if self.clock is not None and isinstance(agents := h.get("agents"), dict):
+            for tier, agent in agents.items():
+                offset = self.clock.offset_ns(str(agent))
+                if offset is not None:
+                    r.offsets_ns[str(tier)] = offset
         self._finish(r, "remote")
 
     def _service(self, block: bool) -> None:
@@ -328,9 +347,10 @@ class DeviceAgent(Agent):
             in_flight=len(self.pending),
             answered=answered,
             record_errors=self.writer.errors,
-            **(self.sink.status() if self.sink is not None else {}),
             fps=round((answered - n0) / (now - t0), 1) if now > t0 else 0.0,
         )
+        if self._newest_capture:
+            h["aoi_ms"] = round((self.now_ns() - self._newest_capture) / 1e6, 3)
         return h
 
     def run(self) -> int:
@@ -339,6 +359,19 @@ class DeviceAgent(Agent):
         if self.dcfg.source.kind == "sensor":  # before connecting, so no frame precedes the subscription
             self.link.subscribe(self.topics.frames(str(self.dcfg.source.sensor)), qos=1)
         self.link.start()
+        self.record_run(
+            model=self.net.name,
+            model_digest=self.net.digest,
+            thresholds=self.thresholds,
+            split=self.split,
+            codec=self.dcfg.codec if self.split is not None else None,
+            offload_to=self.dcfg.offload_to,
+            encoding=self.dcfg.encoding,
+            deadline_ms=self.dcfg.deadline_ms,
+            window=self.dcfg.window,
+            source=self.dcfg.source.kind,
+        )
+        self.start_clock_sync(self._tier_chain())
         if not self.link.wait_connected(10):
             log.warning(
                 "device %s: broker %s:%d not reachable yet; offloaded frames will wait for it",
@@ -358,9 +391,8 @@ class DeviceAgent(Agent):
         for rid in list(self.pending):  # stopped early: answer what is left locally
             self._finish_locally(self.pending.pop(rid))
         self.writer.close()
-        if self.sink is not None:
-            self.sink.close()  # what InfluxDB did not take in time stays in the spool for the next start
         self.maybe_publish_health(0)
+        self.close_telemetry()  # what InfluxDB did not take in time stays in the spool for the next start
         self.link.publish(self.topics.health(self.id), json.dumps({**self.health(), "done": True}).encode(), qos=1)
         self.link.close()
         log.info("device %s done: %d frames, %s", self.id, self._frames_seen, self.health()["counters"])

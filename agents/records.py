@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import orjson
+
+from agents.telemetry.lineproto import escape_key
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class FrameRecord:
     split: int | None = None
     late_reply: bool = False
     stamps: dict[str, int] = field(default_factory=dict)
+    # Per tier, that tier's clock minus the device's (ns), from clock sync: stamps stay as each
+    # clock took them, and durations that cross clocks are computed on the device's clock.
+    offsets_ns: dict[str, int] = field(default_factory=dict)
 
     @property
     def correct(self) -> bool | None:
@@ -71,14 +75,25 @@ class FrameRecord:
 
     def durations_ms(self) -> dict[str, float]:
         """Derived durations: end to end, device compute, and each remote hop that happened."""
-        s = self.stamps
+        s = self.stamps if not self.offsets_ns else self.device_clock_stamps()
         return {name: (s[b] - s[a]) / 1e6 for name, a, b in _SPANS if a in s and b in s}
+
+    def device_clock_stamps(self) -> dict[str, int]:
+        """The stamps on the device's clock: ``<tier>_*`` less that tier's offset, ``reply_publish`` the replier's."""
+        out = dict(self.stamps)
+        for name, ns in self.stamps.items():
+            owner = self.tier if name == "reply_publish" else name.split("_", 1)[0]
+            offset = self.offsets_ns.get(owner)
+            if offset is not None:
+                out[name] = ns - offset
+        return out
 
     def to_dict(self, durations: dict[str, float] | None = None) -> dict[str, Any]:
         """JSON-ready dict with the derived fields (``durations``: :meth:`durations_ms`, if already computed)."""
         # A shallow copy of the fields: dataclasses.asdict deep-copies and costs 0.2 ms a frame.
         d = dict(self.__dict__)
         d["stamps"] = dict(self.stamps)
+        d["offsets_ns"] = dict(self.offsets_ns)
         d["correct"] = self.correct
         d.update(self.durations_ms() if durations is None else durations)
         return d
@@ -99,13 +114,14 @@ class FrameRecord:
         label = (
             ""
             if self.label is None
-            else f",label={self.label}i,correct={'true' if self.prediction == self.label else 'false'}"
+            else f",label={self.label}i,correct={'1' if self.prediction == self.label else '0'}i"
         )
         stamps = ",".join([f"{_stamp_field(k)}={v}i" for k, v in self.stamps.items()])
         spans = ",".join([f"{k}={v!r}" for k, v in (self.durations_ms() if durations is None else durations).items()])
         return (
             f"{tags} frame={self.frame}i,prediction={self.prediction}i,confidence={float(self.confidence)!r},"
             f"bytes_up={self.bytes_up}i,bytes_down={self.bytes_down}i,"
+            f"offloaded={'0' if self.outcome == 'local' else '1'}i,"
             f"late_reply={'true' if self.late_reply else 'false'}{label}"
             f"{',' if stamps else ''}{stamps}{',' if spans else ''}{spans} {self.stamps.get('capture', 0)}"
         )
@@ -130,24 +146,15 @@ def _tag_prefix(measurement: str, *values: object) -> str:
     """Measurement and tag set, escaped once per distinct combination (a handful per run)."""
     names = ("deployment", "run", "device", "tier", "model", "exit", "outcome", "split")
     tags = ",".join(
-        f"{n}={_escape_key(str(v))}" for n, v in zip(names, values, strict=True) if v is not None and v != ""
+        f"{n}={escape_key(str(v))}" for n, v in zip(names, values, strict=True) if v is not None and v != ""
     )
-    return f"{_escape_key(measurement)},{tags}"
+    return f"{escape_key(measurement)},{tags}"
 
 
 @functools.lru_cache(maxsize=256)
 def _stamp_field(name: str) -> str:
     """The line-protocol field name of a stamp (a handful of distinct names per run)."""
-    return f"{_escape_key(name)}_ns"
-
-
-_NEEDS_ESCAPE = re.compile(r"[\\, =]")
-
-
-def _escape_key(text: str) -> str:
-    if not _NEEDS_ESCAPE.search(text):
-        return text
-    return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+    return f"{escape_key(name)}_ns"
 
 
 class LineSink(Protocol):

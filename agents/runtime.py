@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from agents.config import DeploymentConfig
 from agents.errors import UserError
 from agents.models.checkpoint import file_digest, load_checkpoint, temperatures
 from agents.models.staged import StagedModel
+from agents.telemetry.clock import ClockEstimate, ClockSync, pong
+from agents.telemetry.recorder import AgentTelemetry, config_digest
 from agents.transport.chunks import Reassembler, split_message
 from agents.transport.envelope import Envelope, MessageError, decode
 from agents.transport.mqtt import LinkSettings, MessageHandler, MqttLink
@@ -66,11 +69,24 @@ class CalibratedModel:
 class Agent:
     """Base of every agent: one stop event set by SIGTERM/SIGINT, a broker link, counters, periodic health."""
 
-    def __init__(self, cfg: DeploymentConfig, agent_id: str, role: str, handler: MessageHandler) -> None:
+    def __init__(
+        self,
+        cfg: DeploymentConfig,
+        agent_id: str,
+        role: str,
+        handler: MessageHandler,
+        clock_skew_ms: float = 0.0,
+    ) -> None:
         self.cfg = cfg
         self.id = agent_id
         self.role = role
         self.topics = Topics(cfg.deployment)
+        # Every wall-clock stamp this agent takes; a skew shifts it (experiments with clocks that disagree).
+        skew_ns = round(clock_skew_ms * 1e6)
+        self.now_ns: Callable[[], int] = time.time_ns if skew_ns == 0 else (lambda: time.time_ns() + skew_ns)
+        self.run_id = time.strftime("%Y%m%d-%H%M%S")
+        self.telemetry = AgentTelemetry(cfg, agent_id, role, self.run_id)
+        self.clock: ClockSync | None = None
         self.stop = threading.Event()
         self.counters: Counter[str] = Counter()
         self._counter_lock = threading.Lock()
@@ -113,19 +129,87 @@ class Agent:
             )
 
     def receive(self, topic: str, payload: bytes) -> Envelope | None:
-        """Decode a message, joining chunks; None when it was rejected (and counted) or more chunks are due."""
+        """Decode a message, joining chunks; None when it was rejected (and counted) or more chunks are due.
+
+        Clock-sync messages are handled here, for every agent, and also give None.
+        """
+        arrived = self.now_ns()
         try:
             env = decode(payload, self.cfg.broker.max_payload_bytes)
-            if env.header.get("kind") == "chunk":
+            kind = env.header.get("kind")
+            if kind == "chunk":
                 whole = self.chunks.add(env)
                 self._count_chunk_drops()
                 if whole is None:
                     return None
                 env = decode(whole, self.cfg.broker.max_payload_bytes)
+            elif kind == "clock_ping":
+                self._answer_ping(env, arrived)
+                return None
+            elif kind == "clock_pong":
+                if self.clock is None:
+                    raise MessageError("header", "clock_pong, but this agent sends no pings")
+                self.clock.on_pong(env, arrived)
+                return None
         except MessageError as exc:
             self.reject(exc.kind, f"on {topic}: {exc.detail}")
             return None
         return env
+
+    def _answer_ping(self, env: Envelope, arrived: int) -> None:
+        reply_to = env.header.get("reply_to")
+        # Only to an agent's clock topic of this deployment: a ping must not make us publish anywhere else.
+        prefix = f"{self.topics.root}/agents/"
+        if not isinstance(reply_to, str) or not reply_to.startswith(prefix) or not reply_to.endswith("/clock"):
+            raise MessageError("header", f"clock_ping with reply_to {reply_to!r}, not an agent's clock topic")
+        topic, wire = pong(env, self.id, self.role, arrived, self.now_ns)
+        self.link.publish(topic, wire, qos=0)
+
+    def serve_clock(self, tier: str) -> None:
+        """Answer the clock pings sent to ``tier`` (call before the link starts)."""
+        self.link.subscribe(self.topics.clock(tier), qos=0)
+
+    def start_clock_sync(self, tiers: list[str]) -> None:
+        """Estimate this agent's clock offset to every worker of ``tiers``, periodically (after the link starts)."""
+        ccfg = self.cfg.telemetry.clock
+        if not tiers or not ccfg.enabled:
+            return
+        reply = self.topics.clock_replies(self.id)
+        self.link.subscribe(reply, qos=0)
+        self.clock = ClockSync(
+            publish=lambda topic, wire: self.link.publish(topic, wire, qos=0),
+            ping_topics={t: self.topics.clock(t) for t in dict.fromkeys(tiers)},
+            reply_topic=reply,
+            agent_id=self.id,
+            now_ns=self.now_ns,
+            on_estimate=self._clock_estimate,
+            samples=ccfg.samples,
+            interval_s=ccfg.interval_s,
+        )
+        self.clock.start()
+
+    def _clock_estimate(self, est: ClockEstimate) -> None:
+        self.telemetry.clock(est)
+        log.debug(
+            "%s %s: clock of %s is %+.3f ms from ours (round trip %.3f ms, %d samples)",
+            self.role,
+            self.id,
+            est.peer,
+            est.offset_ns / 1e6,
+            est.rtt_ns / 1e6,
+            est.samples,
+        )
+
+    def record_run(self, **meta: Any) -> None:
+        """Record this run's metadata (config digest added) in the run directory and InfluxDB."""
+        self.telemetry.run_started({"config_digest": config_digest(self.cfg), **meta})
+
+    def close_telemetry(self) -> None:
+        """Stop clock sync, take a last health sample, close the files and the InfluxDB sink."""
+        if self.clock is not None:
+            self.clock.stop()
+        self.telemetry.health({**self.health(), **self.telemetry.cpu_memory()})
+        self.telemetry.close()
 
     def send(self, topic: str, wire: bytes, message_id: str, qos: int = 1, **kwargs: Any) -> None:
         """Publish an encoded envelope, as chunks when it is larger than ``broker.chunk_bytes``."""
@@ -148,13 +232,19 @@ class Agent:
         """The live status published on the health topic; subclasses add their fields."""
         with self._counter_lock:
             counters = dict(self.counters)
-        return {
+        h: dict[str, Any] = {
             "agent": self.id,
             "role": self.role,
+            "run": self.run_id,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "connected": self.link.connected.is_set(),
             "counters": counters,
         }
+        if self.telemetry.sink is not None:
+            h.update(self.telemetry.sink.status())
+        if self.telemetry.errors:
+            h["telemetry_errors"] = self.telemetry.errors
+        return h
 
     def maybe_publish_health(self, every_s: float = 1.0) -> None:
         """Publish :meth:`health` if ``every_s`` has passed since the last time."""
@@ -163,4 +253,8 @@ class Agent:
             self._next_health = now + every_s
             self.chunks.expire()
             self._count_chunk_drops()
-            self.link.publish(self.topics.health(self.id), json.dumps(self.health()).encode(), qos=0)
+            health = self.health()
+            health.update(self.telemetry.cpu_memory())
+            if self.telemetry.due():
+                self.telemetry.health(health)
+            self.link.publish(self.topics.health(self.id), json.dumps(health).encode(), qos=0)

@@ -66,10 +66,10 @@ class Item:
 class TierAgent(Agent):
     """An edge or cloud worker."""
 
-    def __init__(self, cfg: DeploymentConfig, tier: str, agent_id: str) -> None:
+    def __init__(self, cfg: DeploymentConfig, tier: str, agent_id: str, clock_skew_ms: float = 0.0) -> None:
         if tier not in cfg.tiers:
             raise UserError(f"no tier {tier!r} in the config; configured: {sorted(cfg.tiers)}")
-        super().__init__(cfg, agent_id, tier, self._on_message)
+        super().__init__(cfg, agent_id, tier, self._on_message, clock_skew_ms)
         self.tier = tier
         self.tcfg = cfg.tiers[tier]
         if self.tcfg.threads:
@@ -106,7 +106,7 @@ class TierAgent(Agent):
 
     # --- paho thread: validate, enqueue, return -------------------------------------------
     def _on_message(self, topic: str, payload: bytes, _props: Any) -> None:
-        now = time.time_ns()
+        now = self.now_ns()
         env = self.receive(topic, payload)
         if env is None:
             return
@@ -177,7 +177,7 @@ class TierAgent(Agent):
         """Run the model(s) on a batch of decoded requests; answer or forward each."""
         if not batch:
             return
-        exit_ns = time.time_ns()
+        exit_ns = self.now_ns()
         for item in batch:
             item.env.stamp(f"{self.tier}_queue_exit", exit_ns)
         groups: dict[tuple[str, int] | None, list[Item]] = {}
@@ -192,7 +192,7 @@ class TierAgent(Agent):
         self._processed += len(batch)
 
     def _process_frames(self, items: list[Item]) -> None:
-        start = time.time_ns()
+        start = self.now_ns()
         model = self.net.model
         # Without a threshold only the final exit can answer: the other heads are not worth running.
         first = 0 if self._early_exits else model.num_exits - 1
@@ -201,7 +201,7 @@ class TierAgent(Agent):
             logits = model(x) if self._early_exits else [model.heads[first](model.run(x, exits=False).activation)]
         exits = list(range(first, model.num_exits))
         conf, pred = _top(logits, [float(t) for t in self.net.temperatures[first:]])
-        end = time.time_ns()
+        end = self.now_ns()
         for j, item in enumerate(items):
             item.env.stamp(f"{self.tier}_start", start)
             item.env.stamp(f"{self.tier}_end", end)
@@ -212,7 +212,7 @@ class TierAgent(Agent):
             self._reply(item.env, self.net.name, exits[chosen], pred[chosen][j], conf[chosen][j])
 
     def _process_split(self, sn: SplitNet, split: int, items: list[Item]) -> None:
-        start = time.time_ns()
+        start = self.now_ns()
         model = sn.net.model
         exits = [i for i, stage in enumerate(model.exit_after) if split <= stage < sn.end]
         if sn.resume.until is None and sn.thresholds[0] == float("inf"):
@@ -227,7 +227,7 @@ class TierAgent(Agent):
                 activation = run.activation
                 logits = [run.logits[i] for i in exits]
         conf, pred = _top(logits, [float(sn.net.temperatures[i]) for i in exits])
-        end = time.time_ns()
+        end = self.now_ns()
         for j, item in enumerate(items):
             env = item.env
             env.stamp(f"{self.tier}_start", start)
@@ -252,7 +252,8 @@ class TierAgent(Agent):
                 self._reply(env, sn.net.name, exits[last], pred[last][j], conf[last][j])
 
     def _forward(self, env: Envelope) -> None:
-        env.stamp(f"{self.tier}_forward", time.time_ns())
+        env.header["agents"] = {**_agents(env), self.tier: self.id}
+        env.stamp(f"{self.tier}_forward", self.now_ns())
         self.send(self.topics.requests(str(self.tcfg.forward_to)), encode(env), env.id)
         self.count("forwarded")
 
@@ -268,10 +269,11 @@ class TierAgent(Agent):
                 "prediction": prediction,
                 "confidence": round(confidence, 6),
                 "request_bytes": len(env.payload),
+                "agents": {**_agents(env), self.tier: self.id},  # whose clocks took the stamps
             },
             stamps=env.stamps,
         )
-        reply.stamp("reply_publish", time.time_ns())
+        reply.stamp("reply_publish", self.now_ns())
         self.link.publish(str(env.header["reply_to"]), encode(reply), qos=1)
         self.count("answered")
 
@@ -288,7 +290,18 @@ class TierAgent(Agent):
         """Serve until the stop event; then drain the queue for up to ``drain_s`` and exit 0."""
         sub = self.topics.shared_requests(self.tier) if self.tcfg.shared else self.topics.requests(self.tier)
         self.link.subscribe(sub, qos=1)
+        self.serve_clock(self.tier)
         self.link.start()
+        self.record_run(
+            model=self.net.name,
+            model_digest=self.net.digest,
+            threshold=self.tcfg.threshold,
+            forward_to=self.tcfg.forward_to,
+            max_batch=self.tcfg.max_batch,
+            max_wait_ms=self.tcfg.max_wait_ms,
+            split_models=sorted(self.split_nets),
+        )
+        self.start_clock_sync([self.tcfg.forward_to] if self.tcfg.forward_to else [])
         log.info("%s %s serving %s with %s", self.tier, self.id, sub, self.net.name)
         while not self.stop.is_set():
             batch = self._next_batch()
@@ -303,6 +316,7 @@ class TierAgent(Agent):
                 break
             self.process(batch)
         self.maybe_publish_health(0)
+        self.close_telemetry()
         self.link.close()
         log.info("%s %s stopped: %s", self.tier, self.id, dict(self.counters))
         return 0
@@ -310,6 +324,14 @@ class TierAgent(Agent):
 
 _SPLIT_FIELDS = ("model", "model_digest", "split", "frame_encoding", "frame_nbytes")
 _TENSOR_FIELDS = ("encoding", "codec", "shape", "scale", "zero_point", "raw_nbytes", "dtype", "nbytes")
+
+
+def _agents(env: Envelope) -> dict[str, str]:
+    """The agent of each tier a request went through (``agents`` header), malformed entries left out."""
+    seen = env.header.get("agents")
+    if not isinstance(seen, dict):
+        return {}
+    return {k: v for k, v in seen.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _without_tensor_fields(header: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agents.datasets import SAMPLE_TAR
+from agents.telemetry.influxd import InfluxServer
 from agents.transport.broker import BrokerProcess
 from tests.harness import Watcher, edge_workers, records, spawn, write_config
 
@@ -80,6 +81,8 @@ def test_demo_runs_on_the_embedded_broker_without_mosquitto(tmp_path: Path, monk
         no_cloud=True,
         split=None,
         codec="fp32",
+        influx_url=None,
+        influx_db="cascade",
         run_dir=str(tmp_path / "run"),
         json=str(out),
     )
@@ -108,3 +111,16 @@ def test_demo_with_a_split_device(tmp_path: Path) -> None:
     assert summary["answered"] == 120 and summary["lost"] == 0 and summary["timeouts"] == 0
     assert summary["by_tier"]["edge"] > 0 and summary["by_tier"]["cloud"] > 0  # finished at the edge, or frames on
     assert summary["bytes_up_per_offload"] > 32 * 16 * 16  # the int8 activation, plus the PNG for the cloud path
+
+
+def test_demo_sends_its_telemetry_to_influxdb(tmp_path: Path, influx: InfluxServer) -> None:
+    """--influx-url/--influx-db: the database is created and every frame, health and clock point lands there."""
+    summary, stdout = run_demo_command(tmp_path, "--frames", "150", "--influx-url", influx.url, "--influx-db", "demo_t")
+    assert summary["answered"] == 150
+    assert influx.count("demo_t") == 150
+    assert "150 frames" in stdout
+    agents = influx.query('SHOW TAG VALUES FROM "health" WITH KEY = "agent"', "demo_t")["results"][0]["series"][0]
+    assert {v[1] for v in agents["values"]} == {"dev1", "edge-1", "cloud-1"}
+    runs = influx.query('SELECT "model", "config_digest" FROM "runs"', "demo_t")["results"][0]["series"][0]["values"]
+    assert {r[1] for r in runs} == {"device-small", "edge-medium", "cloud-large"} and len({r[2] for r in runs}) == 1
+    assert influx.count("demo_t", "clocks", "samples") >= 3  # device→edge, device→cloud, edge→cloud

@@ -5,12 +5,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
+from agents.config import DeploymentConfig
 from agents.datasets import SAMPLE_TAR
 from agents.records import FrameRecord
-from agents.telemetry.influx import InfluxSink, InfluxTarget
+from agents.telemetry.influx import InfluxSink, InfluxTarget, influx_target
 from agents.telemetry.influxd import InfluxServer
 from agents.transport.broker import BrokerProcess
 from tests.harness import Watcher, spawn, write_config
+from tests.v2proxy import V2Proxy
 
 DB = "cascade_test"
 
@@ -104,6 +109,11 @@ def test_a_malformed_batch_is_counted_not_retried_forever(tmp_path: Path, influx
     sink.submit(_lines(0, 10))
     sink.close()
     assert sink.written == 10 and influx.count(DB) == 10
+    # A field whose type conflicts with what the database stored: 1.x writes the rest of the batch.
+    sink = _sink(influx, tmp_path / "spool")
+    sink.submit([*_lines(10, 5), "frames,device=d1 frame=\"a string\" 1795000000999000000"])
+    sink.close()
+    assert (sink.written, sink.dropped) == (5, 1) and influx.count(DB) == 15
 
 
 def test_a_full_spool_drops_its_oldest_batches_and_counts_them(tmp_path: Path) -> None:
@@ -148,3 +158,47 @@ def test_device_records_reach_influx_through_a_30_s_outage(
     assert influx.count(DB) == frames  # exactly: none lost, none twice
     health = (tmp_path / "device.log").read_text()
     assert "influx" in health.lower()  # the outage was reported
+
+
+def test_v2_api_through_influxdb_client(tmp_path: Path, influx: InfluxServer) -> None:
+    """The 2.x native path (influxdb-client, /api/v2/write, token, gzip) against the real server.
+
+    influxd 1.6.7 predates /api/v2, so a test-only proxy (tests/v2proxy.py) rewrites the
+    path to /write and checks the token and org the way 2.x does; the points land in the
+    real database.
+    """
+    influx.query(f'CREATE DATABASE "{DB}"')
+    proxy = V2Proxy(influx.url, token="s3cret", org="lab")
+    try:
+        target = InfluxTarget(proxy.url, DB, api="v2", org="lab", token="s3cret")
+        sink = InfluxSink(target, tmp_path / "spool", flush_s=0.2, max_backoff_s=1.0)
+        sink.submit(_lines(0, 700))
+        sink.close()
+        assert sink.written == 700 and sink.dropped == 0 and sink.backlog == 0
+        assert influx.count(DB) == 700
+        sent = proxy.requests[0]
+        assert sent["path"] == "/api/v2/write" and sent["query"]["precision"] == "ns"
+        assert sent["headers"]["Authorization"] == "Token s3cret"
+        assert sent["headers"].get("Content-Encoding") == "gzip"
+
+        # A wrong token is kept on disk, not lost, until the credentials are fixed.
+        bad = InfluxSink(InfluxTarget(proxy.url, DB, api="v2", org="lab", token="wrong"), tmp_path / "spool2")
+        bad.submit(_lines(700, 50))
+        bad.close(timeout_s=2)
+        assert bad.written == 0 and bad.dropped == 0 and bad.backlog == 1 and bad.errors >= 1
+        fixed = InfluxSink(InfluxTarget(proxy.url, DB, api="v2", org="lab", token="s3cret"), tmp_path / "spool2")
+        fixed.close()
+        assert fixed.written == 50 and influx.count(DB) == 750
+    finally:
+        proxy.close()
+
+
+def test_v2_config_needs_bucket_and_org() -> None:
+    base = {"deployment": "t", "telemetry": {"influx": {"url": "http://x:8086", "api": "v2", "bucket": "b"}}}
+    with pytest.raises(ValidationError, match="api v2 needs 'bucket' and 'org'"):
+        DeploymentConfig.model_validate(base)
+    base["telemetry"]["influx"]["org"] = "lab"  # type: ignore[index]
+    cfg = DeploymentConfig.model_validate(base)
+    assert cfg.telemetry.influx is not None and influx_target(cfg.telemetry.influx).database == "b"
+    with pytest.raises(ValidationError, match="api v1 needs 'database'"):
+        DeploymentConfig.model_validate({"deployment": "t", "telemetry": {"influx": {"url": "http://x:8086"}}})

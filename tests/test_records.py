@@ -44,7 +44,7 @@ def test_line_protocol_has_tags_integer_stamps_and_ms_durations() -> None:
     line = _record(7).to_line_protocol()
     ts = line.rsplit(" ", 1)[1]
     assert line.startswith("frames,deployment=lab\\ one,run=r1,device=dev1,tier=edge,model=edge-medium,exit=1,")
-    assert "frame=7i" in line and "correct=true" in line and "label=3i" in line
+    assert "frame=7i" in line and "correct=1i" in line and "offloaded=" in line and "label=3i" in line
     assert f"capture_ns={_record(7).stamps['capture']}i" in line
     assert "e2e_ms=4.7" in line and "edge_compute_ms=2.0" in line and "uplink_ms=0.5" in line
     assert ts == str(_record(7).stamps["capture"])

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import logging
+import re
 import threading
 import time
 import urllib.error
@@ -24,6 +26,7 @@ import urllib.request
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agents.config import InfluxConfig
 
@@ -35,7 +38,9 @@ class InfluxTarget:
     """Where points go: a v1 write URL and its credentials (from the environment, never from YAML)."""
 
     url: str
-    database: str
+    database: str  # the bucket for the v2 API
+    api: str = "v1"
+    org: str | None = None
     username: str | None = None
     password: str | None = None
     token: str | None = None
@@ -58,6 +63,25 @@ class InfluxTarget:
             cred = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
             h["Authorization"] = f"Basic {cred}"
         return h
+
+
+def influx_query(target: InfluxTarget, q: str, database: str | None = None) -> Any:
+    """Run an InfluxQL statement through the v1 ``/query`` endpoint; the JSON answer (errors raise)."""
+    params = {"q": q, **({"db": database} if database else {})}
+    headers = {k: v for k, v in target.headers().items() if k == "Authorization"}
+    url = f"{target.url.rstrip('/')}/query?{urllib.parse.urlencode(params)}"
+    req = urllib.request.Request(url, method="POST", headers=headers)
+    with urllib.request.urlopen(req, timeout=max(10.0, target.timeout_s)) as resp:
+        answer = json.loads(resp.read())
+    errors = [r["error"] for r in answer.get("results", []) if "error" in r]
+    if errors:
+        raise ValueError(f"InfluxDB refused {q!r}: {'; '.join(errors)}")
+    return answer
+
+
+def create_database(target: InfluxTarget) -> None:
+    """``CREATE DATABASE`` (a no-op when it exists); needs a user allowed to create databases."""
+    influx_query(target, f'CREATE DATABASE "{target.database}"')
 
 
 class _Retryable(Exception):
@@ -95,6 +119,7 @@ class InfluxSink:
         self.errors = 0  # failed write attempts
         self._backoff = 0.0
         self._next_try = 0.0
+        self._v2: _V2Writer | None = None
         self._thread = threading.Thread(target=self._run, name="influx-sink", daemon=True)
         self._thread.start()
 
@@ -181,8 +206,12 @@ class InfluxSink:
                 log.warning("influx at %s: %s; spooling, retry in %.1f s", self.target.url, exc, wait)
             return False
         except ValueError as exc:  # the server refused the points themselves: retrying cannot help
-            self.dropped += points
-            log.error("influx refused a batch of %d points: %s", points, exc)
+            # 1.x writes the rest of a batch and says how many it dropped ("partial write: ... dropped=N").
+            partial = re.search(r"partial write.*dropped=(\d+)", str(exc))
+            refused = min(points, int(partial.group(1))) if partial else points
+            self.dropped += refused
+            self.written += points - refused
+            log.error("influx refused %d of a batch of %d points: %s", refused, points, exc)
             return True
         self._backoff = 0.0
         self._next_try = 0.0
@@ -190,19 +219,18 @@ class InfluxSink:
         return True
 
     def _request(self, body: bytes) -> None:
+        if self.target.api == "v2":
+            if self._v2 is None:
+                self._v2 = _V2Writer(self.target)
+            self._v2.write(body)
+            return
         req = urllib.request.Request(self.target.write_url(), data=body, headers=self.target.headers(), method="POST")
         try:
             with urllib.request.urlopen(req, timeout=self.target.timeout_s) as resp:
                 resp.read()
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300].decode(errors="replace")
-            if exc.code == 429 or exc.code >= 500:
-                retry = exc.headers.get("Retry-After")
-                wait = float(retry) if retry and retry.isdigit() else None
-                raise _Retryable(f"HTTP {exc.code} {detail}", wait) from None
-            if exc.code in (401, 403, 404):  # credentials or database: a person must act; keep the data
-                raise _Retryable(f"HTTP {exc.code} {detail} (check credentials and the database)") from None
-            raise ValueError(f"HTTP {exc.code} {detail}") from None
+            retry = exc.headers.get("Retry-After")
+            _refused(exc.code, exc.read()[:300].decode(errors="replace"), retry)
         except (urllib.error.URLError, OSError) as exc:
             raise _Retryable(f"unreachable ({getattr(exc, 'reason', exc)})") from None
 
@@ -232,6 +260,56 @@ class InfluxSink:
             log.error("influx spool over %d bytes: dropped its oldest batch %s", self.spool_max_bytes, oldest.name)
 
 
+def _refused(code: int, detail: str, retry_after: str | None) -> None:
+    """Raise what an HTTP error status means for the batch: retry later (kept), or refused for good."""
+    if code == 429 or code >= 500:
+        wait = float(retry_after) if retry_after and retry_after.isdigit() else None
+        raise _Retryable(f"HTTP {code} {detail}", wait)
+    if code in (401, 403, 404):  # credentials, database or bucket: a person must act; keep the data
+        raise _Retryable(f"HTTP {code} {detail} (check credentials and the database/bucket)")
+    raise ValueError(f"HTTP {code} {detail}")
+
+
+class _V2Writer:
+    """InfluxDB 2.x native: ``/api/v2/write`` with a token, through ``influxdb-client``.
+
+    Synchronous and without retries of its own: the sink's backoff and spool handle failures, as for v1.
+    """
+
+    def __init__(self, target: InfluxTarget) -> None:
+        from influxdb_client.client.influxdb_client import InfluxDBClient  # only v2 deployments import it
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self.target = target
+        self.client = InfluxDBClient(
+            url=target.url,
+            token=target.token or "",
+            org=target.org or "",
+            enable_gzip=True,
+            timeout=int(target.timeout_s * 1000),
+        )
+        self.api = self.client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, body: bytes) -> None:
+        """Write one gzipped batch (as spooled); raises like the v1 path."""
+        import urllib3
+        from influxdb_client.domain.write_precision import WritePrecision
+        from influxdb_client.rest import ApiException
+
+        try:
+            self.api.write(
+                bucket=self.target.database,
+                org=self.target.org or "",
+                record=gzip.decompress(body),
+                write_precision=WritePrecision.NS,  # type: ignore[arg-type]  # the library types NS as str
+            )
+        except ApiException as exc:
+            headers: dict[str, str] = dict(exc.headers or {})
+            _refused(int(exc.status or 0), str(exc.body or exc.reason)[:300], headers.get("Retry-After"))
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _Retryable(f"unreachable ({exc})") from None
+
+
 def _pack(lines: list[str]) -> bytes:
     return gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=5)
 
@@ -244,15 +322,21 @@ def _points(path: Path) -> int:
         return 0
 
 
-def influx_sink(cfg: InfluxConfig, spool_dir: Path) -> InfluxSink:
-    """The sink a deployment's ``telemetry.influx`` section describes, credentials from the environment."""
-    target = InfluxTarget(
+def influx_target(cfg: InfluxConfig) -> InfluxTarget:
+    """Where a deployment's ``telemetry.influx`` section points, credentials from the environment."""
+    return InfluxTarget(
         url=cfg.url,
-        database=cfg.database,
+        database=cfg.database or cfg.bucket or "",
+        api=cfg.api,
+        org=cfg.org,
         username=cfg.secret(cfg.username_env),
         password=cfg.secret(cfg.password_env),
         token=cfg.secret(cfg.token_env),
         retention_policy=cfg.retention_policy,
         timeout_s=cfg.timeout_s,
     )
-    return InfluxSink(target, spool_dir, cfg.batch_lines, cfg.flush_s, cfg.spool_max_bytes)
+
+
+def influx_sink(cfg: InfluxConfig, spool_dir: Path) -> InfluxSink:
+    """The sink a deployment's ``telemetry.influx`` section describes."""
+    return InfluxSink(influx_target(cfg), spool_dir, cfg.batch_lines, cfg.flush_s, cfg.spool_max_bytes)

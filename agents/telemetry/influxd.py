@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.errors import UserError
+from agents.telemetry.influx import InfluxTarget, influx_query
 from agents.transport.broker import free_port
 
 
@@ -72,10 +72,7 @@ class InfluxServer:
 
     def query(self, q: str, db: str | None = None) -> Any:
         """Run an InfluxQL statement; the JSON answer."""
-        params = {"q": q, **({"db": db} if db else {})}
-        req = urllib.request.Request(f"{self.url}/query?{urllib.parse.urlencode(params)}", method="POST")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
+        return influx_query(InfluxTarget(self.url, db or ""), q, db)
 
     def count(self, db: str, measurement: str = "frames", field_name: str = "frame") -> int:
         """How many points ``measurement`` holds (counted on one integer field every point has)."""

@@ -40,6 +40,14 @@ class Topics:
         """Live JSON status of one agent, every few seconds (counters, queue depth, frames/s)."""
         return f"{self.root}/agents/{agent_id}/health"
 
+    def clock(self, tier: str) -> str:
+        """Clock pings for every worker of a tier (each answers on the sender's clock reply topic)."""
+        return f"{self.root}/{tier}/clock"
+
+    def clock_replies(self, agent_id: str) -> str:
+        """Answers to one agent's clock pings."""
+        return f"{self.root}/agents/{agent_id}/clock"
+
     def control(self, *parts: str) -> str:
         """Retained control messages (plans, thresholds)."""
         return "/".join([self.root, "control", *parts])
