@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check agents tests benchmarks
-	$(VENV)/bin/ruff format --check agents tests benchmarks
+	$(VENV)/bin/ruff check agents tests benchmarks grafana
+	$(VENV)/bin/ruff format --check agents tests benchmarks grafana
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -59,7 +59,7 @@ def _agent(args: argparse.Namespace) -> int:
     if args.command == "device":
         from agents.device import DeviceAgent
 
-        agent = DeviceAgent(cfg, args.id, frames=args.frames)
+        agent = DeviceAgent(cfg, args.id, frames=args.frames, clock_skew_ms=args.clock_skew_ms)
     elif args.command == "replay":
         from agents.replay import Replayer
 
@@ -67,7 +67,7 @@ def _agent(args: argparse.Namespace) -> int:
     else:
         from agents.tier import TierAgent
 
-        agent = TierAgent(cfg, args.tier or args.command, args.id)
+        agent = TierAgent(cfg, args.tier or args.command, args.id, clock_skew_ms=args.clock_skew_ms)
     agent.install_signal_handlers()
     return int(agent.run())
 
@@ -76,6 +76,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from agents.demo import run_demo
 
     return run_demo(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from agents.report import run_report
+
+    return run_report(args)
+
+
+def _skew_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--clock-skew-ms",
+        type=float,
+        default=0.0,
+        help="experiments: shift every wall-clock stamp this agent takes by MS, as if its clock were off",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,12 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="deployment YAML")
     p.add_argument("--id", required=True, help="device id (under 'devices')")
     p.add_argument("--frames", type=int, help="stop after this many frames")
+    _skew_option(p)
     p.set_defaults(handler=_agent)
     for tier in ("edge", "cloud"):
         p = sub.add_parser(tier, help=f"run an {tier} worker" if tier == "edge" else "run a cloud worker")
         p.add_argument("--config", required=True, help="deployment YAML")
         p.add_argument("--id", required=True, help="worker id (unique per process)")
         p.add_argument("--tier", help=f"tier name under 'tiers' (default {tier})")
+        _skew_option(p)
         p.set_defaults(handler=_agent)
     p = sub.add_parser("replay", help="publish a source as a simulated sensor")
     p.add_argument("--config", required=True, help="deployment YAML")
@@ -142,7 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", default="fp32", help="activation codec with --split (default fp32; e.g. int8+zlib)")
     p.add_argument("--run-dir", help="run directory (default runs/demo-<time>)")
     p.add_argument("--json", help="write the summary to this JSON file")
+    p.add_argument("--influx-url", help="also send telemetry to this InfluxDB (v1 API), e.g. http://127.0.0.1:8086")
+    p.add_argument("--influx-db", default="cascade", help="database for --influx-url, created if missing (cascade)")
     p.set_defaults(handler=_cmd_demo)
+
+    p = sub.add_parser("report", help="PNG plots and one self-contained HTML page from a run directory, no server")
+    p.add_argument("--run", required=True, help="run directory (as written by the agents or cascade demo --run-dir)")
+    p.add_argument("--out", help="output directory (default RUN/report)")
+    p.add_argument("--json", help="also write the summary, per-device figures and file list to this JSON file")
+    p.set_defaults(handler=_cmd_report)
 
     p = sub.add_parser("check-config", help="validate a deployment YAML and exit (usable as ExecStartPre=)")
     p.add_argument("file", help="deployment YAML")

@@ -94,6 +94,12 @@ class DeviceAgent(Agent):
         # frames/s from (time, answers) samples taken at each health report.
         self._answered = {"local": 0, "remote": 0, "timeout": 0}
         self._fps_samples: deque[tuple[float, int]] = deque()
+        self.counters.update(
+            dict.fromkeys(
+                ("offloaded", "late_replies", "duplicate_replies", "dropped_sensor_frames", "chunked_messages"), 0
+            )
+        )
+        self._deadline_ns = int(self.dcfg.deadline_ms * 1e6)
         self._newest_capture = 0  # capture time of the newest frame answered: its age is the Age of Information
 
     # --- paho thread ----------------------------------------------------------------------
@@ -132,7 +138,7 @@ class DeviceAgent(Agent):
     def _frames(self) -> Iterator[Frame]:
         src = self.dcfg.source
         if src.kind != "sensor":
-            frames = paced(open_source(src), src, self.stop, self.frames_limit)
+            frames = paced(open_source(src), src, self.stop, self.frames_limit, wait=self._between_frames)
             if self._skew_ns:  # the local capture is on this agent's (skewed) clock, like its other stamps
                 frames = (replace(f, capture_ns=f.capture_ns + self._skew_ns) for f in frames)
             yield from frames
@@ -194,7 +200,7 @@ class DeviceAgent(Agent):
             header, payload = self._split_payload(act, frame)
             record.split = self.split
         record.stamps.setdefault("device_end", self.now_ns())
-        deadline_ns = frame.capture_ns + int(self.dcfg.deadline_ms * 1e6)
+        deadline_ns = frame.capture_ns + self._deadline_ns
         env = Envelope(
             {
                 "id": rid,
@@ -276,16 +282,21 @@ class DeviceAgent(Agent):
 
     def _handle_result(self, env: Envelope) -> None:
         rid = env.id
+        received = env.stamps[-1][1] if env.stamps and env.stamps[-1][0] == "device_receive" else self.now_ns()
         pending = self.pending.pop(rid, None)
+        if pending is not None and received > pending.record.stamps["capture"] + self._deadline_ns:
+            # Arrived after its deadline while the device was busy: the deadline answer stands, as if on time.
+            self._finish_locally(pending)
+            pending = None
         if pending is None:
             if self._finished.get(rid) == "timeout":
                 self.count("late_replies")
-                deadline_ns = dict(env.stamps).get("capture", 0) + int(self.dcfg.deadline_ms * 1e6)
+                deadline_ns = dict(env.stamps).get("capture", 0) + self._deadline_ns
                 self.writer.write_late(
                     rid,
                     str(env.header.get("tier")),
                     int(env.header.get("prediction", -1)),
-                    (self.now_ns() - deadline_ns) / 1e6,
+                    (received - deadline_ns) / 1e6,
                 )
             elif rid in self._finished:
                 self.count("duplicate_replies")
@@ -310,13 +321,24 @@ class DeviceAgent(Agent):
                     r.offsets_ns[str(tier)] = offset
         self._finish(r, "remote")
 
-    def _service(self, block: bool) -> None:
-        """Handle arrived results and passed deadlines; with ``block``, wait for the next of either."""
+    def _between_frames(self, seconds: float) -> bool:
+        """A paced source's wait for its next frame, spent on replies and deadlines as they come; True: stop."""
+        until = time.monotonic() + seconds
+        while not self.stop.is_set():
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            self._service(block=True, max_wait=left)
+        return True
+
+    def _service(self, block: bool, max_wait: float = 0.2) -> None:
+        """Handle arrived results and passed deadlines; with ``block``, wait up to ``max_wait`` for either."""
         if not block and not self._deadlines and self.results.empty() and time.monotonic() < self._next_health:
             return  # the common case when everything is answered locally: nothing to do, cheaply
         timeout = 0.0
         if block:
-            timeout = min(0.2, max(0.0, self._deadlines[0][0] - time.monotonic())) if self._deadlines else 0.2
+            next_deadline = self._deadlines[0][0] - time.monotonic() if self._deadlines else max_wait
+            timeout = max(0.0, min(max_wait, next_deadline))
         try:
             env = self.results.get(timeout=timeout) if block else self.results.get_nowait()
             self._handle_result(env)
@@ -335,7 +357,7 @@ class DeviceAgent(Agent):
     def health(self) -> dict[str, Any]:
         """Live status: frames, answers by outcome, in flight, frames/s over the last 5 s."""
         h = super().health()
-        h["counters"].update({f"answered_{k}": v for k, v in self._answered.items() if v})
+        h["counters"].update({f"answered_{k}": v for k, v in self._answered.items()})
         now = time.monotonic()
         answered = sum(self._answered.values())
         self._fps_samples.append((now, answered))

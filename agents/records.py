@@ -62,7 +62,6 @@ class FrameRecord:
     bytes_up: int = 0
     bytes_down: int = 0
     split: int | None = None
-    late_reply: bool = False
     stamps: dict[str, int] = field(default_factory=dict)
     # Per tier, that tier's clock minus the device's (ns), from clock sync: stamps stay as each
     # clock took them, and durations that cross clocks are computed on the device's clock.
@@ -121,8 +120,7 @@ class FrameRecord:
         return (
             f"{tags} frame={self.frame}i,prediction={self.prediction}i,confidence={float(self.confidence)!r},"
             f"bytes_up={self.bytes_up}i,bytes_down={self.bytes_down}i,"
-            f"offloaded={'0' if self.outcome == 'local' else '1'}i,"
-            f"late_reply={'true' if self.late_reply else 'false'}{label}"
+            f"offloaded={'0' if self.outcome == 'local' else '1'}i{label}"
             f"{',' if stamps else ''}{stamps}{',' if spans else ''}{spans} {self.stamps.get('capture', 0)}"
         )
 

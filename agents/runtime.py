@@ -20,7 +20,7 @@ from agents.models.staged import StagedModel
 from agents.telemetry.clock import ClockEstimate, ClockSync, pong
 from agents.telemetry.recorder import AgentTelemetry, config_digest
 from agents.transport.chunks import Reassembler, split_message
-from agents.transport.envelope import Envelope, MessageError, decode
+from agents.transport.envelope import REJECT_KINDS, Envelope, MessageError, decode
 from agents.transport.mqtt import LinkSettings, MessageHandler, MqttLink
 from agents.transport.topics import Topics
 
@@ -88,7 +88,7 @@ class Agent:
         self.telemetry = AgentTelemetry(cfg, agent_id, role, self.run_id)
         self.clock: ClockSync | None = None
         self.stop = threading.Event()
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter({f"rejected_{kind}": 0 for kind in REJECT_KINDS})
         self._counter_lock = threading.Lock()
         self._last_warn: dict[str, float] = {}
         self._started = time.monotonic()

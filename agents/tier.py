@@ -72,6 +72,7 @@ class TierAgent(Agent):
         super().__init__(cfg, agent_id, tier, self._on_message, clock_skew_ms)
         self.tier = tier
         self.tcfg = cfg.tiers[tier]
+        self.counters.update(dict.fromkeys(("answered", "forwarded", "dropped_queue_full", "chunked_messages"), 0))
         if self.tcfg.threads:
             torch.set_num_threads(self.tcfg.threads)
         self.net = CalibratedModel(self.tcfg.model)

@@ -98,3 +98,20 @@ def test_payload_limit_is_enforced() -> None:
     with pytest.raises(MessageError) as info:
         decode(encode(_frame(b"x" * 2000)), max_payload=1000)
     assert info.value.kind == "oversized"
+
+
+def test_every_rejection_kind_in_the_code_is_listed() -> None:
+    """Agents report every ``rejected_<kind>`` counter from the start only if REJECT_KINDS names them all."""
+    import re
+    from pathlib import Path
+
+    from agents.transport.envelope import REJECT_KINDS
+
+    root = Path(__file__).resolve().parents[1] / "agents"
+    kinds: set[str] = set()
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        kinds |= set(re.findall(r'MessageError\(\s*"([a-z_]+)"', text))
+        kinds |= set(re.findall(r'reject\(\s*"([a-z_]+)"', text))
+    kinds |= {"truncated", "header"}  # envelope.decode's computed kind
+    assert kinds and kinds <= set(REJECT_KINDS), sorted(kinds - set(REJECT_KINDS))

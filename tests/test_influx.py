@@ -111,7 +111,7 @@ def test_a_malformed_batch_is_counted_not_retried_forever(tmp_path: Path, influx
     assert sink.written == 10 and influx.count(DB) == 10
     # A field whose type conflicts with what the database stored: 1.x writes the rest of the batch.
     sink = _sink(influx, tmp_path / "spool")
-    sink.submit([*_lines(10, 5), "frames,device=d1 frame=\"a string\" 1795000000999000000"])
+    sink.submit([*_lines(10, 5), 'frames,device=d1 frame="a string" 1795000000999000000'])
     sink.close()
     assert (sink.written, sink.dropped) == (5, 1) and influx.count(DB) == 15
 

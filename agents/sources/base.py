@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,12 +104,16 @@ def paced(
     cfg: SourceConfig,
     stop: threading.Event,
     limit: int | None = None,
+    wait: Callable[[float], bool] | None = None,
 ) -> Iterator[Frame]:
     """Number and timestamp frames, releasing each at the configured rate; ends early when ``stop`` is set.
 
     ``fixed`` releases one frame every 1/fps seconds on a schedule (late frames do not
     shift later ones); ``poisson`` draws exponential gaps with mean 1/fps; ``max`` does not wait.
+    ``wait(seconds)`` spends the time between frames (default ``stop.wait``; a device
+    handles its replies there) and returns True to stop.
     """
+    wait = wait or stop.wait
     if cfg.rate == "max" or not cfg.fps:
         # The replay and throughput case: every Python step here is paid once per frame.
         for index, (image, label) in enumerate(stream):
@@ -124,6 +128,6 @@ def paced(
             return
         gap = 1.0 / cfg.fps if cfg.rate == "fixed" else float(rng.exponential(1.0 / cfg.fps))
         next_at += gap
-        if stop.wait(max(0.0, next_at - time.monotonic())):
+        if wait(max(0.0, next_at - time.monotonic())):
             return
         yield Frame(index, image, label, time.time_ns())

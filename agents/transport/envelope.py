@@ -32,6 +32,30 @@ IMAGE_ENCODINGS = ("jpeg", "png", "raw")
 ENCODINGS = (*IMAGE_ENCODINGS, "tensor", "activation", "none")
 
 
+# Every kind a message can be rejected for (``rejected_<kind>`` counters): agents report each from
+# the start, at zero, so dashboards show 0 rather than no data (tests/test_envelope.py keeps it complete).
+REJECT_KINDS = (
+    "chunk",
+    "codec",
+    "digest",
+    "dtype",
+    "encoding",
+    "garbage",
+    "header",
+    "image",
+    "incomplete_chunks",
+    "model",
+    "oversized",
+    "payload",
+    "shape",
+    "split",
+    "truncated",
+    "unexpected",
+    "unknown_id",
+    "version",
+)
+
+
 class MessageError(ValueError):
     """A message that cannot be accepted; ``kind`` names the failure for counters."""
 
