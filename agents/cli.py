@@ -68,6 +68,8 @@ def _agent(args: argparse.Namespace) -> int:
         from agents.tier import TierAgent
 
         agent = TierAgent(cfg, args.tier or args.command, args.id, clock_skew_ms=args.clock_skew_ms)
+    if args.command != "replay":
+        _limit_cpu(agent, args)
     agent.install_signal_handlers()
     return int(agent.run())
 
@@ -84,13 +86,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return run_report(args)
 
 
-def _skew_option(p: argparse.ArgumentParser) -> None:
+def _limit_cpu(agent: Any, args: argparse.Namespace) -> None:
+    """The agent's CPU limits: its config section, each overridden by the command line; applied to this process."""
+    from agents.cpulimit import CpuLimits, apply_limits, parse_cores
+
+    section = agent.dcfg if args.command == "device" else agent.tcfg
+    cores = parse_cores(args.cores) if args.cores else section.cpu.cores
+    limits = CpuLimits(
+        quota=args.cpu_quota if args.cpu_quota is not None else section.cpu.quota,
+        cores=tuple(cores) if cores else None,
+        threads=args.threads if args.threads is not None else section.threads,
+    )
+    apply_limits(limits, f"{args.command}-{args.id}")
+    agent.cpu_limits = limits
+
+
+def _agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--clock-skew-ms",
         type=float,
         default=0.0,
         help="experiments: shift every wall-clock stamp this agent takes by MS, as if its clock were off",
     )
+    p.add_argument(
+        "--cpu-quota",
+        type=float,
+        help="hold this agent to Q cores' worth of CPU time (cgroup quota, e.g. 0.5; needs root or CPUQuota=)",
+    )
+    p.add_argument("--cores", help="pin this agent to these cores, e.g. 0 or 0,2-3")
+    p.add_argument("--threads", type=int, help="torch threads (overrides the config)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,14 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="deployment YAML")
     p.add_argument("--id", required=True, help="device id (under 'devices')")
     p.add_argument("--frames", type=int, help="stop after this many frames")
-    _skew_option(p)
+    _agent_options(p)
     p.set_defaults(handler=_agent)
     for tier in ("edge", "cloud"):
         p = sub.add_parser(tier, help=f"run an {tier} worker" if tier == "edge" else "run a cloud worker")
         p.add_argument("--config", required=True, help="deployment YAML")
         p.add_argument("--id", required=True, help="worker id (unique per process)")
         p.add_argument("--tier", help=f"tier name under 'tiers' (default {tier})")
-        _skew_option(p)
+        _agent_options(p)
         p.set_defaults(handler=_agent)
     p = sub.add_parser("replay", help="publish a source as a simulated sensor")
     p.add_argument("--config", required=True, help="deployment YAML")

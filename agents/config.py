@@ -110,6 +110,13 @@ class SourceConfig(Strict):
         return self
 
 
+class CpuConfig(Strict):
+    """CPU limits for one agent process (making a host behave like a weaker node; see agents/cpulimit.py)."""
+
+    quota: float | None = Field(None, gt=0, description="cores' worth of CPU time (cgroup CFS quota), e.g. 0.5")
+    cores: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, description="pin to these cores")
+
+
 class DeviceConfig(Strict):
     """One device agent."""
 
@@ -126,6 +133,12 @@ class DeviceConfig(Strict):
         None, ge=1, description="split point: stages before it run here, the activation goes on; none: the frame"
     )
     codec: str = Field("fp32", description="activation codec with a split: fp32, fp16, int8, int8-channel [+zlib]")
+    cpu: CpuConfig = CpuConfig()
+    via: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.:-]+:[0-9]{1,5}$",
+        description="reach the broker through HOST:PORT instead (a `cascade link` emulating this device's link)",
+    )
     source: SourceConfig
 
     @field_validator("codec")
@@ -168,6 +181,7 @@ class TierConfig(Strict):
     queue_size: int = Field(1024, ge=1)
     shared: bool = Field(True, description="use a $share/<tier>/ subscription so workers share requests")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: torch's choice)")
+    cpu: CpuConfig = CpuConfig()
     split_models: dict[str, SplitResumeConfig] = Field(
         default_factory=dict, description="device models whose split requests this tier resumes"
     )

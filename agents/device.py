@@ -56,7 +56,7 @@ class DeviceAgent(Agent):
         self.dcfg = cfg.device(device_id)
         if self.dcfg.threads:
             torch.set_num_threads(self.dcfg.threads)
-        super().__init__(cfg, device_id, "device", self._on_message, clock_skew_ms)
+        super().__init__(cfg, device_id, "device", self._on_message, clock_skew_ms, via=self.dcfg.via)
         self._skew_ns = round(clock_skew_ms * 1e6)
         self.net = CalibratedModel(self.dcfg.model)
         self.thresholds = exit_thresholds(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.config import DeploymentConfig
+from agents.cpulimit import CpuLimits
 from agents.errors import UserError
 from agents.models.checkpoint import file_digest, load_checkpoint, temperatures
 from agents.models.staged import StagedModel
@@ -27,12 +28,16 @@ from agents.transport.topics import Topics
 log = logging.getLogger(__name__)
 
 
-def link_settings(cfg: DeploymentConfig) -> LinkSettings:
-    """Broker settings for paho, the password taken from the environment or a systemd credential."""
+def link_settings(cfg: DeploymentConfig, via: str | None = None) -> LinkSettings:
+    """Broker settings for paho, the password taken from the environment or a systemd credential.
+
+    ``via`` (HOST:PORT) replaces the broker's address: a ``cascade link`` in between.
+    """
     b = cfg.broker
+    host, port = (via.rsplit(":", 1)[0], int(via.rsplit(":", 1)[1])) if via else (b.host, b.port)
     return LinkSettings(
-        host=b.host,
-        port=b.port,
+        host=host,
+        port=port,
         keepalive=b.keepalive_s,
         protocol=5 if b.protocol == "5" else 4,
         # One YAML serves every node; each node's own account comes from its environment.
@@ -76,6 +81,7 @@ class Agent:
         role: str,
         handler: MessageHandler,
         clock_skew_ms: float = 0.0,
+        via: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.id = agent_id
@@ -87,6 +93,7 @@ class Agent:
         self.run_id = time.strftime("%Y%m%d-%H%M%S")
         self.telemetry = AgentTelemetry(cfg, agent_id, role, self.run_id)
         self.clock: ClockSync | None = None
+        self.cpu_limits = CpuLimits()  # set by whoever applied limits to this process (run metadata)
         self.stop = threading.Event()
         self.counters: Counter[str] = Counter({f"rejected_{kind}": 0 for kind in REJECT_KINDS})
         self._counter_lock = threading.Lock()
@@ -98,7 +105,7 @@ class Agent:
         self._chunk_lock = threading.Lock()
         self.link = MqttLink(
             f"cascade-{cfg.deployment}-{agent_id}-{os.getpid()}",
-            link_settings(cfg),
+            link_settings(cfg, via),
             handler,
             status_topic=self.topics.status(agent_id),
         )
@@ -202,7 +209,9 @@ class Agent:
 
     def record_run(self, **meta: Any) -> None:
         """Record this run's metadata (config digest added) in the run directory and InfluxDB."""
-        self.telemetry.run_started({"config_digest": config_digest(self.cfg), **meta})
+        cpu = self.cpu_limits
+        limits = {"cpu_quota": cpu.quota, "cores": list(cpu.cores) if cpu.cores else None, "threads": cpu.threads}
+        self.telemetry.run_started({"config_digest": config_digest(self.cfg), **meta, **limits})
 
     def close_telemetry(self) -> None:
         """Stop clock sync, take a last health sample, close the files and the InfluxDB sink."""
