@@ -244,12 +244,22 @@ class ClockSyncConfig(Strict):
     samples: int = Field(8, ge=1, le=64, description="exchanges per round; the minimum round trip is kept")
 
 
+class BandwidthConfig(Strict):
+    """Uplink bandwidth estimation: a train of probes timed at the receiver (see agents/telemetry/bandwidth.py)."""
+
+    enabled: bool = True
+    interval_s: float = Field(30.0, ge=1, le=3600, description="seconds between trains")
+    messages: int = Field(5, ge=2, le=64, description="probes per train")
+    bytes: int = Field(32768, ge=1024, le=1 << 20, description="bytes per probe")
+
+
 class TelemetryConfig(Strict):
     """Where records go besides the run directory, and how often agents sample their health and clocks."""
 
     influx: InfluxConfig | None = None
     health_s: float = Field(5.0, ge=0.5, le=300, description="seconds between health points")
     clock: ClockSyncConfig = ClockSyncConfig()
+    bandwidth: BandwidthConfig = BandwidthConfig()
 
 
 class DeploymentConfig(Strict):
@@ -274,6 +284,12 @@ class DeploymentConfig(Strict):
 
     @model_validator(mode="after")
     def _references(self) -> DeploymentConfig:
+        bw = self.telemetry.bandwidth
+        if bw.enabled and bw.bytes + 4096 > self.broker.max_payload_bytes:
+            raise ValueError(
+                f"telemetry.bandwidth.bytes ({bw.bytes}) must leave room for the header under "
+                f"broker.max_payload_bytes ({self.broker.max_payload_bytes}): lower it by 4096 or more"
+            )
         for d in self.devices:
             if d.offload_to not in self.tiers:
                 raise ValueError(f"device {d.id!r} offloads to tier {d.offload_to!r}, which is not under 'tiers'")

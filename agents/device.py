@@ -221,6 +221,8 @@ class DeviceAgent(Agent):
         record.stamps["publish"] = self.now_ns()
         env.stamp("publish", record.stamps["publish"])
         record.bytes_up = len(payload)
+        if self.bandwidth is not None:
+            record.uplink_mbit = self.bandwidth.latest_mbit_s
         deadline = time.monotonic() + max(0.0, (deadline_ns - self.now_ns()) / 1e9)
         self.pending[rid] = Pending(record, deadline, act if self.split is not None else None)
         heapq.heappush(self._deadlines, (deadline, rid))
@@ -394,6 +396,7 @@ class DeviceAgent(Agent):
             source=self.dcfg.source.kind,
         )
         self.start_clock_sync(self._tier_chain())
+        self.start_bandwidth_probe(self.dcfg.offload_to)
         if not self.link.wait_connected(10):
             log.warning(
                 "device %s: broker %s:%d not reachable yet; offloaded frames will wait for it",

@@ -62,6 +62,7 @@ class FrameRecord:
     bytes_up: int = 0
     bytes_down: int = 0
     split: int | None = None
+    uplink_mbit: float | None = None  # the latest uplink estimate when the frame was sent (offloaded frames)
     stamps: dict[str, int] = field(default_factory=dict)
     # Per tier, that tier's clock minus the device's (ns), from clock sync: stamps stay as each
     # clock took them, and durations that cross clocks are computed on the device's clock.
@@ -121,6 +122,7 @@ class FrameRecord:
             f"{tags} frame={self.frame}i,prediction={self.prediction}i,confidence={float(self.confidence)!r},"
             f"bytes_up={self.bytes_up}i,bytes_down={self.bytes_down}i,"
             f"offloaded={'0' if self.outcome == 'local' else '1'}i{label}"
+            f"{'' if self.uplink_mbit is None else f',uplink_mbit={float(self.uplink_mbit)!r}'}"
             f"{',' if stamps else ''}{stamps}{',' if spans else ''}{spans} {self.stamps.get('capture', 0)}"
         )
 

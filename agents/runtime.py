@@ -18,6 +18,7 @@ from agents.cpulimit import CpuLimits
 from agents.errors import UserError
 from agents.models.checkpoint import file_digest, load_checkpoint, temperatures
 from agents.models.staged import StagedModel
+from agents.telemetry.bandwidth import BandwidthEstimate, BandwidthProbe, ProbeReceiver
 from agents.telemetry.clock import ClockEstimate, ClockSync, pong
 from agents.telemetry.recorder import AgentTelemetry, config_digest
 from agents.transport.chunks import Reassembler, split_message
@@ -93,6 +94,8 @@ class Agent:
         self.run_id = time.strftime("%Y%m%d-%H%M%S")
         self.telemetry = AgentTelemetry(cfg, agent_id, role, self.run_id)
         self.clock: ClockSync | None = None
+        self.bandwidth: BandwidthProbe | None = None
+        self._probes = ProbeReceiver(agent_id, role, lambda topic, wire: self.link.publish(topic, wire, qos=0))
         self.cpu_limits = CpuLimits()  # set by whoever applied limits to this process (run metadata)
         self.stop = threading.Event()
         self.counters: Counter[str] = Counter({f"rejected_{kind}": 0 for kind in REJECT_KINDS})
@@ -158,17 +161,30 @@ class Agent:
                     raise MessageError("header", "clock_pong, but this agent sends no pings")
                 self.clock.on_pong(env, arrived)
                 return None
+            elif kind == "bw_probe":
+                self._check_reply_to(env)
+                self._probes.on_probe(env, arrived)
+                return None
+            elif kind == "bw_result":
+                if self.bandwidth is None:
+                    raise MessageError("header", "bw_result, but this agent sends no probes")
+                self.bandwidth.on_result(env)
+                return None
         except MessageError as exc:
             self.reject(exc.kind, f"on {topic}: {exc.detail}")
             return None
         return env
 
-    def _answer_ping(self, env: Envelope, arrived: int) -> None:
+    def _check_reply_to(self, env: Envelope) -> None:
+        """Only an agent's clock topic of this deployment: a probe must not make us publish anywhere else."""
         reply_to = env.header.get("reply_to")
-        # Only to an agent's clock topic of this deployment: a ping must not make us publish anywhere else.
         prefix = f"{self.topics.root}/agents/"
         if not isinstance(reply_to, str) or not reply_to.startswith(prefix) or not reply_to.endswith("/clock"):
-            raise MessageError("header", f"clock_ping with reply_to {reply_to!r}, not an agent's clock topic")
+            kind = env.header.get("kind")
+            raise MessageError("header", f"{kind} with reply_to {reply_to!r}, not an agent's clock topic")
+
+    def _answer_ping(self, env: Envelope, arrived: int) -> None:
+        self._check_reply_to(env)
         topic, wire = pong(env, self.id, self.role, arrived, self.now_ns)
         self.link.publish(topic, wire, qos=0)
 
@@ -195,6 +211,29 @@ class Agent:
         )
         self.clock.start()
 
+    def start_bandwidth_probe(self, tier: str) -> None:
+        """Estimate the uplink to ``tier`` periodically (after the link starts); answers come to the clock topic."""
+        bcfg = self.cfg.telemetry.bandwidth
+        if not bcfg.enabled:
+            return
+        reply = self.topics.clock_replies(self.id)
+        self.link.subscribe(reply, qos=0)
+        self.bandwidth = BandwidthProbe(
+            publish=lambda topic, wire: self.link.publish(topic, wire, qos=0),
+            topic=self.topics.clock(tier),
+            reply_topic=reply,
+            agent_id=self.id,
+            on_estimate=self._bandwidth_estimate,
+            messages=bcfg.messages,
+            size=bcfg.bytes,
+            interval_s=bcfg.interval_s,
+        )
+        self.bandwidth.start()
+
+    def _bandwidth_estimate(self, est: BandwidthEstimate) -> None:
+        self.telemetry.bandwidth(est)
+        log.debug("%s %s: uplink to %s %.2f Mbit/s", self.role, self.id, est.peer, est.mbit_s)
+
     def _clock_estimate(self, est: ClockEstimate) -> None:
         self.telemetry.clock(est)
         log.debug(
@@ -217,6 +256,8 @@ class Agent:
         """Stop clock sync, take a last health sample, close the files and the InfluxDB sink."""
         if self.clock is not None:
             self.clock.stop()
+        if self.bandwidth is not None:
+            self.bandwidth.stop()
         self.telemetry.health({**self.health(), **self.telemetry.cpu_memory()})
         self.telemetry.close()
 
@@ -253,6 +294,8 @@ class Agent:
             h.update(self.telemetry.sink.status())
         if self.telemetry.errors:
             h["telemetry_errors"] = self.telemetry.errors
+        if self.bandwidth is not None and self.bandwidth.latest_mbit_s is not None:
+            h["uplink_mbit"] = round(self.bandwidth.latest_mbit_s, 3)
         return h
 
     def maybe_publish_health(self, every_s: float = 1.0) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from agents.config import DeploymentConfig
+from agents.telemetry.bandwidth import BandwidthEstimate
 from agents.telemetry.clock import ClockEstimate
 from agents.telemetry.influx import InfluxSink, influx_sink
 from agents.telemetry.lineproto import point
@@ -66,7 +67,10 @@ class AgentTelemetry:
         influx = cfg.telemetry.influx
         self.sink: InfluxSink | None = influx_sink(influx, self.dir / "influx-spool") if influx else None
         self._lock = threading.Lock()
-        self._files = {name: (self.dir / name).open("ab") for name in ("health.jsonl", "clocks.jsonl", "telemetry.lp")}
+        self._files = {
+            name: (self.dir / name).open("ab")
+            for name in ("health.jsonl", "clocks.jsonl", "bandwidth.jsonl", "telemetry.lp")
+        }
         self._cpu_mark = (time.monotonic(), time.process_time())
         self._next_health = 0.0
         self.errors = 0
@@ -137,6 +141,17 @@ class AgentTelemetry:
         }
         line = point("clocks", self._tags(peer=est.peer, peer_role=est.peer_role), fields, est.time_ns)
         self._emit("clocks.jsonl", {"agent": self.agent, **est.as_dict()}, line)
+
+    def bandwidth(self, est: BandwidthEstimate) -> None:
+        """Record one uplink estimate (``bandwidth`` points)."""
+        fields: dict[str, bool | int | float | str | None] = {
+            "mbit_s": est.mbit_s,
+            "bytes": est.bytes,
+            "seconds": est.seconds,
+            "messages": est.messages,
+        }
+        line = point("bandwidth", self._tags(peer=est.peer, peer_role=est.peer_role), fields, est.time_ns)
+        self._emit("bandwidth.jsonl", {"agent": self.agent, **est.as_dict()}, line)
 
     def close(self) -> None:
         """Close the files and the sink (what InfluxDB did not take stays in the spool for the next start)."""
