@@ -556,6 +556,18 @@ def devices() -> JSON:
                     calcs=COUNTER,
                 ),
             ],
+            [
+                timeseries(
+                    "Uplink bandwidth estimate",
+                    "Probe trains timed at the receiving worker (bandwidth points; docs/telemetry.md).",
+                    (
+                        select('mean("mbit_s")', "bandwidth", DEVICE_HEALTH, by=["agent", "peer"]),
+                        "$tag_agent → $tag_peer",
+                    ),
+                    w=24,
+                    unit="Mbits",
+                ),
+            ],
         ],
     )
 
