@@ -249,8 +249,8 @@ class BandwidthConfig(Strict):
 
     enabled: bool = True
     interval_s: float = Field(30.0, ge=1, le=3600, description="seconds between trains")
-    messages: int = Field(5, ge=2, le=64, description="probes per train")
-    bytes: int = Field(32768, ge=1024, le=1 << 20, description="bytes per probe")
+    messages: int = Field(4, ge=2, le=64, description="probes per train")
+    bytes: int = Field(16384, ge=1024, le=1 << 20, description="bytes per probe")
 
 
 class TelemetryConfig(Strict):
@@ -327,7 +327,8 @@ class DeploymentConfig(Strict):
         raise UserError(f"no device {device_id!r} in the config; configured: {[d.id for d in self.devices]}")
 
 
-def _format_errors(path: Path, exc: ValidationError) -> str:
+def format_errors(path: Path, exc: ValidationError) -> str:
+    """One line per validation error: the file, the key path, the bad value and what was expected."""
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -350,4 +351,4 @@ def load_config(path: str | Path) -> DeploymentConfig:
     try:
         return DeploymentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(_format_errors(p, exc)) from None
+        raise UserError(format_errors(p, exc)) from None

@@ -101,7 +101,8 @@ def _influx_points(target: InfluxTarget, since_ns: int) -> str:
     return f"InfluxDB {target.url} database {target.database}: {', '.join(counts)} points from this run"
 
 
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def spawn_agent(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Run ``cascade ARGS`` (an agent) as a process, its output to ``log_path``."""
     out = log_path.open("wb")
     return subprocess.Popen([sys.executable, "-m", "agents.cli", *args], stdout=out, stderr=subprocess.STDOUT)
 
@@ -135,15 +136,15 @@ def run_demo(args: argparse.Namespace) -> int:
         watcher.start()
         tiers = [t for t in ("cloud", "edge") if t in cfg.tiers]
         for tier in tiers:
-            procs[tier] = _spawn([tier, "--config", str(cfg_path), "--id", f"{tier}-1"], run_dir / f"{tier}.log")
-        _wait_online(events, [f"{t}-1" for t in tiers], procs, timeout=120)
+            procs[tier] = spawn_agent([tier, "--config", str(cfg_path), "--id", f"{tier}-1"], run_dir / f"{tier}.log")
+        wait_online(events, [f"{t}-1" for t in tiers], procs, timeout=120)
         device = cfg.devices[0]
         print(
             f"{broker.kind} on 127.0.0.1:{broker.port}; {', '.join(tiers)} online; device {device.id} starts "
             f"({args.frames} frames, threshold {device.threshold})",
             flush=True,
         )
-        procs["device"] = _spawn(
+        procs["device"] = spawn_agent(
             ["device", "--config", str(cfg_path), "--id", device.id, "--frames", str(args.frames)],
             run_dir / "device.log",
         )
@@ -177,9 +178,10 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0 if summary["lost"] == 0 else 1
 
 
-def _wait_online(
+def wait_online(
     events: queue.Queue[tuple[str, bytes]], agents: list[str], procs: dict[str, subprocess.Popen[bytes]], timeout: float
 ) -> None:
+    """Wait until every agent in ``agents`` published ``online`` (status events); a process that exits is an error."""
     waiting = set(agents)
     deadline = time.monotonic() + timeout
     while waiting:

@@ -29,7 +29,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from agents.config import DeploymentConfig, DeviceConfig, Probability, Strict, _format_errors
+from agents.config import DeploymentConfig, DeviceConfig, Probability, Strict, format_errors
 from agents.errors import UserError
 from agents.transport.activations import parse_codec
 
@@ -205,7 +205,7 @@ def load_grid(path: str | Path, ctx: GridContext) -> GridFile:
     try:
         return GridFile.model_validate(raw, context=ctx)
     except ValidationError as exc:
-        raise UserError(_format_errors(p, exc)) from None
+        raise UserError(format_errors(p, exc)) from None
 
 
 def grid_points(grid: GridAxes, device: DeviceConfig) -> list[Point]:

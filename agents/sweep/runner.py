@@ -33,7 +33,7 @@ import yaml
 from pydantic import ValidationError
 
 from agents.config import DeploymentConfig
-from agents.demo import _spawn, _wait_online, demo_config
+from agents.demo import demo_config, spawn_agent, wait_online
 from agents.errors import UserError
 from agents.records import read_records
 from agents.sweep.grid import LinkSpec, Point
@@ -169,12 +169,12 @@ class SweepSession:
         self.tiers = tiers
         for wid, name in ids.items():
             command = "cloud" if name == "cloud" else "edge"
-            tiers.procs[wid] = _spawn(
+            tiers.procs[wid] = spawn_agent(
                 [command, "--config", str(cfg_path), "--id", wid, "--tier", name], run_dir / f"{name}.log"
             )
         self.tier_starts += 1
         try:
-            _wait_online(self.events, list(ids), tiers.procs, timeout=self.s.online_timeout_s)
+            wait_online(self.events, list(ids), tiers.procs, timeout=self.s.online_timeout_s)
         except UserError as exc:
             reasons = [f"{ids[w]}: {log_reason(run_dir / f'{ids[w]}.log')}" for w, p in tiers.procs.items() if p.poll()]
             self._stop_tiers()
@@ -192,7 +192,7 @@ class SweepSession:
             self.link_starts += 1
             port = free_port()
             log_path = self.s.root / f"link-{self.link_starts}.log"
-            proc = _spawn(
+            proc = spawn_agent(
                 [
                     "link",
                     "--listen",
@@ -318,7 +318,7 @@ class SweepSession:
         device_id = str(raw["devices"][0]["id"])
         device_log = point_dir / "device.log"
         self._drain()
-        device = _spawn(
+        device = spawn_agent(
             ["device", "--config", str(cfg_path), "--id", device_id, "--frames", str(self.s.frames)], device_log
         )
         try:

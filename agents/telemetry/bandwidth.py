@@ -124,8 +124,8 @@ class BandwidthProbe:
         reply_topic: str,
         agent_id: str,
         on_estimate: Callable[[BandwidthEstimate], None],
-        messages: int = 5,
-        size: int = 32768,
+        messages: int = 4,
+        size: int = 16384,
         interval_s: float = 30.0,
     ) -> None:
         self.publish = publish

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,7 @@ class ClockSync:
         samples: int = 8,
         interval_s: float = 30.0,
         spacing_s: float = 0.05,
+        history_rounds: int = 8,
     ) -> None:
         self.publish = publish
         self.ping_topics = ping_topics  # tier -> its clock topic
@@ -106,7 +108,10 @@ class ClockSync:
         self._sent: dict[str, int] = {}  # ping id -> t1
         self._round: dict[str, list[ClockSample]] = {}
         self._roles: dict[str, str] = {}
-        self._best: dict[str, ClockEstimate] = {}
+        # The last rounds' estimates per peer; corrections use the one with the smallest round trip, so a
+        # round whose every sample queued behind traffic (a busy link) does not pull the offset away.
+        self._history: dict[str, deque[ClockEstimate]] = {}
+        self.history_rounds = history_rounds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clock-sync", daemon=True)
         self.rejected = 0
@@ -122,13 +127,14 @@ class ClockSync:
             self._thread.join(2.0)
 
     def offset_ns(self, peer: str) -> int | None:
-        """The latest estimate of ``peer``'s clock minus ours, if there is one."""
-        est = self._best.get(peer)
+        """``peer``'s clock minus ours: of the last rounds' estimates, the one with the smallest round trip."""
+        est = self.best(peer)
         return None if est is None else est.offset_ns
 
-    def estimates(self) -> dict[str, ClockEstimate]:
-        """The latest estimate per peer."""
-        return dict(self._best)
+    def best(self, peer: str) -> ClockEstimate | None:
+        """The estimate used for ``peer`` (minimum round trip over the last ``history_rounds`` rounds)."""
+        history = self._history.get(peer)
+        return min(history, key=lambda e: e.rtt_ns) if history else None
 
     def on_pong(self, env: Envelope, t4: int) -> None:
         """Take an answer received at ``t4`` (paho's thread); answers to pings we did not send are refused."""
@@ -175,7 +181,7 @@ class ClockSync:
         for peer, samples in rounds.items():
             best = min(samples, key=lambda s: s.rtt_ns)
             est = ClockEstimate(peer, roles.get(peer, ""), best.offset_ns, best.rtt_ns, len(samples), now)
-            self._best[peer] = est
+            self._history.setdefault(peer, deque(maxlen=self.history_rounds)).append(est)
             out.append(est)
         return out
 
