@@ -80,10 +80,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from agents.sweep.command import run_sweep
+
+    return run_sweep(args)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from agents.report import run_report
 
     return run_report(args)
+
+
+def _cmd_link(args: argparse.Namespace) -> int:
+    from agents.link.command import run_link
+
+    return run_link(args)
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from agents.profiling.command import run_profile
+
+    return run_profile(args)
 
 
 def _limit_cpu(agent: Any, args: argparse.Namespace) -> None:
@@ -187,11 +205,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--influx-db", default="cascade", help="database for --influx-url, created if missing (cascade)")
     p.set_defaults(handler=_cmd_demo)
 
+    p = sub.add_parser("sweep", help="the real pipeline at every point of a grid of device settings; JSON, CSV, plots")
+    p.add_argument("--grid", required=True, help="grid YAML: frames and the lists to sweep (docs/experiment.md)")
+    p.add_argument("--json", required=True, help="results JSON; FILE.jsonl (per point, for --resume) and .csv beside")
+    p.add_argument("--plots", help="directory for the PNG plots (none without it)")
+    p.add_argument("--config", help="base deployment YAML (default config/demo.yaml)")
+    p.add_argument("--frames", type=int, help="frames per point (overrides the grid's 'frames', default 500)")
+    p.add_argument("--resume", action="store_true", help="skip the points FILE.jsonl already has measured ok")
+    p.add_argument("--source", help="ImageFolder tar or folder (default: the config's source, else the sample)")
+    p.add_argument("--run-dir", help="run directories of the points (default: beside --json, <stem>-runs)")
+    p.add_argument("--point-timeout", type=float, default=600.0, help="seconds a point may run before it fails (600)")
+    p.set_defaults(handler=_cmd_sweep)
+
     p = sub.add_parser("report", help="PNG plots and one self-contained HTML page from a run directory, no server")
     p.add_argument("--run", required=True, help="run directory (as written by the agents or cascade demo --run-dir)")
     p.add_argument("--out", help="output directory (default RUN/report)")
     p.add_argument("--json", help="also write the summary, per-device figures and file list to this JSON file")
     p.set_defaults(handler=_cmd_report)
+
+    from agents.link.command import add_link_arguments  # stdlib only: cheap to import for every command
+
+    p = sub.add_parser("link", help="a shaped TCP proxy in front of the broker: delay, jitter, loss, rate (no root)")
+    add_link_arguments(p)
+    p.set_defaults(handler=_cmd_link)
+
+    from agents.profiling.options import add_arguments as add_profile_arguments  # stdlib only
+
+    p = sub.add_parser("profile", help="per-stage latency profile of a model; --fit/--predict: per-layer predictor")
+    add_profile_arguments(p)
+    p.set_defaults(handler=_cmd_profile)
 
     p = sub.add_parser("check-config", help="validate a deployment YAML and exit (usable as ExecStartPre=)")
     p.add_argument("file", help="deployment YAML")

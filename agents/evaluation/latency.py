@@ -1,4 +1,8 @@
-"""Per-stage latency of a staged model on this machine (warm-up, then the median of repetitions)."""
+"""Per-stage latency of a staged model on this machine (warm-up, then the median of repetitions).
+
+The timing primitive, :func:`time_call`, also times single layers for the latency
+predictor (:mod:`agents.profiling`), so stages and layers are measured alike.
+"""
 
 from __future__ import annotations
 
@@ -22,39 +26,139 @@ class StageLatency:
     p95_ms: float
 
 
-def _time_ms(fn: Callable[[], object], reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
+@dataclass(frozen=True)
+class Timing:
+    """Median and p95 milliseconds of repeated calls, and how many were timed."""
+
+    median_ms: float
+    p95_ms: float
+    reps: int
+
+
+def _time_ms(
+    fn: Callable[[], object], reps: int, between: Callable[[], object] | None = None, min_s: float = 0.0
+) -> list[float]:
+    out: list[float] = []
+    start = time.perf_counter()
+    while len(out) < reps or (len(out) < MAX_REPS and time.perf_counter() - start < min_s):
+        if between is not None:
+            between()
         t0 = time.perf_counter_ns()
         fn()
         out.append((time.perf_counter_ns() - t0) / 1e6)
     return out
 
 
+MAX_REPS = 20000
+
+
+def p95(samples: list[float]) -> float:
+    """The 95th percentile (nearest rank below) of ``samples``."""
+    ordered = sorted(samples)
+    return ordered[int(0.95 * (len(ordered) - 1))]
+
+
+def time_call(
+    fn: Callable[[], object],
+    reps: int = 30,
+    warmup: int = 5,
+    between: Callable[[], object] | None = None,
+    warmup_s: float = 0.0,
+    min_s: float = 0.0,
+) -> Timing:
+    """Call ``fn`` ``warmup`` times untimed, then time ``reps`` calls one by one: their median and p95.
+
+    With ``warmup_s``, warm-up goes on until that many seconds have passed too (at most 1000 calls):
+    a fixed count warms a 50 µs stage for a fraction of a millisecond, too short to settle. With
+    ``min_s``, timing goes on until that many seconds have passed too (at most :data:`MAX_REPS`
+    calls): the median of 30 calls of a 50 µs stage spans 1.5 ms, short enough for one burst of
+    noise on the host to move it; spread over a third of a second, it does not.
+    ``between``, when given, runs untimed before each timed call (to evict caches, say, so a layer
+    is timed as cold as it runs inside a model rather than hot from its own previous call).
+    """
+    start = time.perf_counter()
+    calls = 0
+    while calls < warmup or (calls < 1000 and time.perf_counter() - start < warmup_s):
+        fn()
+        calls += 1
+    samples = _time_ms(fn, max(1, reps), between, min_s)
+    return Timing(statistics.median(samples), p95(samples), len(samples))
+
+
 @torch.inference_mode()
-def stage_latency(model: StagedModel, batch: int, reps: int = 30, warmup: int = 5) -> list[StageLatency]:
-    """Time every stage, each on the real activation of the previous one, exit heads included."""
+def stage_latency(
+    model: StagedModel,
+    batch: int,
+    reps: int = 30,
+    warmup: int = 5,
+    exits: bool = True,
+    on_stage: Callable[[], object] | None = None,
+    warmup_s: float = 0.0,
+    min_s: float = 0.0,
+) -> list[StageLatency]:
+    """Time every stage, each on the real activation of the previous one; with ``exits``, exit heads included.
+
+    ``on_stage`` is called after each stage is timed (a progress bar's update).
+    """
     model.eval()
     x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
     result = []
     for k in range(model.num_stages):
 
         def step(k: int = k, x: torch.Tensor = x) -> torch.Tensor:
-            return model.run(x, k, k + 1).activation
+            return model.run(x, k, k + 1, exits=exits).activation
 
-        for _ in range(warmup):
-            step()
-        samples = sorted(_time_ms(step, reps))
-        result.append(StageLatency(k, batch, statistics.median(samples), samples[int(0.95 * (len(samples) - 1))]))
+        t = time_call(step, reps, warmup, warmup_s=warmup_s, min_s=min_s)
+        result.append(StageLatency(k, batch, t.median_ms, t.p95_ms))
         x = step()
+        if on_stage is not None:
+            on_stage()
+    return result
+
+
+@torch.inference_mode()
+def exit_latency(
+    model: StagedModel,
+    batch: int,
+    reps: int = 30,
+    warmup: int = 5,
+    on_exit: Callable[[], object] | None = None,
+    warmup_s: float = 0.0,
+    min_s: float = 0.0,
+) -> dict[int, StageLatency]:
+    """Time every exit head alone on the real output of its stage: stage index → latency of the head there."""
+    model.eval()
+    x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
+    result: dict[int, StageLatency] = {}
+    for k in range(model.num_stages):
+        x = model.run(x, k, k + 1, exits=False).activation
+        index = model.exit_at_stage(k)
+        if index is None:
+            continue
+        head = model.heads[index]
+
+        def call(head: torch.nn.Module = head, x: torch.Tensor = x) -> torch.Tensor:
+            out: torch.Tensor = head(x)
+            return out
+
+        t = time_call(call, reps, warmup, warmup_s=warmup_s, min_s=min_s)
+        result[k] = StageLatency(k, batch, t.median_ms, t.p95_ms)
+        if on_exit is not None:
+            on_exit()
     return result
 
 
 @torch.inference_mode()
 def whole_model_latency(model: StagedModel, batch: int = 1, reps: int = 50, warmup: int = 10) -> float:
     """Median milliseconds of the whole model, every exit computed, at ``batch``."""
+    return whole_model_timing(model, batch, reps, warmup).median_ms
+
+
+@torch.inference_mode()
+def whole_model_timing(
+    model: StagedModel, batch: int = 1, reps: int = 50, warmup: int = 10, warmup_s: float = 0.0, min_s: float = 0.0
+) -> Timing:
+    """Median and p95 milliseconds of the whole model, every exit computed, at ``batch``."""
     model.eval()
     x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
-    for _ in range(warmup):
-        model(x)
-    return statistics.median(_time_ms(lambda: model(x), reps))
+    return time_call(lambda: model(x), reps, warmup, warmup_s=warmup_s, min_s=min_s)

@@ -1,0 +1,384 @@
+"""``cascade profile``: measure a model per stage, fit the per-layer latency predictor, or check its predictions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import socket
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from agents.errors import UserError
+from agents.models.staged import StagedModel
+from agents.models.zoo import ZOO
+from agents.profiling import sampling
+from agents.profiling.export import profile_points, write_points
+from agents.profiling.layers import Layer, Recording, record_stages
+from agents.profiling.loading import load_model
+from agents.profiling.node import NodeIdentity, OtherLoad, node_identity, other_load_now
+from agents.profiling.predictor import Predictor, fit, load_fit, save_fit, split_holdout
+from agents.profiling.stages import Effort, load_profile, profile_model, profile_steps, save_profile
+
+#: Targets from the issue, printed beside the figures.
+TYPE_MAPE_TARGET = 0.15
+MODEL_ERROR_TARGET = 0.10
+REPEAT_TARGET = 0.10
+HOLDOUT = 0.25
+#: Cores other processes may keep busy before the figures get a warning.
+BUSY_WARNING = 0.2
+
+
+def parse_batches(text: str | None, default: Sequence[int]) -> list[int]:
+    """``"1,8,32"`` → ``[1, 8, 32]``; UserError for anything but distinct positive integers."""
+    if text is None:
+        return list(default)
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values) or len(set(values)) != len(values):
+        raise UserError(f"--batch {text!r}: expected distinct positive integers separated by commas, e.g. 1,8,32")
+    return values
+
+
+def _effort(args: argparse.Namespace) -> Effort:
+    """The measurement effort the options ask for (``--reps`` here means stages and models, not --fit's layers)."""
+    default = Effort()
+    return Effort(args.reps or default.reps, args.warmup, args.warmup_s, args.measure_s)
+
+
+def _positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{flag} {value}: expected a positive integer")
+
+
+def _bar(total: int, desc: str) -> tqdm[Any]:
+    return tqdm(total=total, desc=desc, unit="step", leave=False, disable=None)
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    """Entry point of ``cascade profile`` (one of three modes: profile, --fit, --predict)."""
+    if args.fit and args.predict:
+        raise UserError("--fit and --predict are separate steps: fit first, then --predict --fit-file FILE")
+    for flag in ("threads", "reps", "samples"):
+        _positive(getattr(args, flag), f"--{flag}")
+    if args.warmup < 0 or args.warmup_s < 0 or args.measure_s < 0:
+        raise UserError("--warmup, --warmup-s and --measure-s: expected zero or more")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.fit:
+        return _fit(args)
+    if args.predict:
+        return _predict(args)
+    return _profile(args)
+
+
+# --- profile -----------------------------------------------------------------------------------
+
+
+def _profile(args: argparse.Namespace) -> int:
+    if not args.model:
+        raise UserError("cascade profile needs --model NAME (or --fit to fit the latency predictor)")
+    if not args.json:
+        raise UserError("cascade profile needs --json FILE for the profile")
+    batches = parse_batches(args.batch, (1, 8, 32))
+    target = load_model(args.model)
+    node = node_identity()
+    out = Path(args.json)
+    with _bar(profile_steps(target.model, batches), f"profile {target.name}") as bar:
+        profile = profile_model(target, node, batches, _effort(args), args.command_line, lambda: bar.update())
+    save_profile(profile, out)
+    print(format_profile(profile))
+    print(f"profile written: {out}")
+    if args.influx_url:
+        node_name = args.node or socket.gethostname()
+        written = write_points(args.influx_url, args.influx_db, profile_points(profile, node_name))
+        print(f"InfluxDB {args.influx_url} database {args.influx_db}: {written} points (measurement 'profile')")
+    return 0
+
+
+def format_profile(profile: dict[str, Any]) -> str:
+    """A terminal table of a profile."""
+    node, model, settings = profile["node"], profile["model"], profile["settings"]
+    lines = [
+        f"{model['name']} ({model['source']}) on {node['hostname']}: {node['cpu_model']}, "
+        f"{node['cores']} cores, torch {node['torch_version']} with {node['torch_threads']} threads",
+    ]
+    if not model["trained"]:
+        lines.append("  untrained weights: latency as trained, accuracy meaningless (no shipped checkpoint)")
+    busy = max((v for v in (settings.get("other_cores_before"), settings.get("other_cores_during")) if v), default=0)
+    if busy > BUSY_WARNING:
+        lines.append(f"  warning: other processes kept {busy:.2f} cores busy: figures may be high and noisy")
+    ratios = []
+    for b_index, batch in enumerate(settings["batches"]):
+        lines += ["", f"batch {batch}: stage     MACs/img  out bytes/img   median ms    p95 ms   exit median   repeat"]
+        for stage in profile["stages"]:
+            lat = stage["latency"][b_index]
+            head = stage["exit"]
+            exit_text = f"{head['latency'][b_index]['median_ms']:10.3f}" if head else " " * 10
+            ratio = lat["repeat_median_ms"] / lat["median_ms"] if lat["median_ms"] > 0 else math.nan
+            ratios.append(ratio)
+            lines.append(
+                f"         {stage['stage']:>5} {stage['macs'] / 1e6:11.2f}M {stage['output_bytes']:>13} "
+                f"{lat['median_ms']:11.3f} {lat['p95_ms']:9.3f}    {exit_text}   {ratio:5.2f}x"
+            )
+        whole = profile["whole_model"][b_index]
+        lines.append(f"         whole model (every exit)          {whole['median_ms']:11.3f} {whole['p95_ms']:9.3f}")
+    worst = max((abs(r - 1) for r in ratios if math.isfinite(r)), default=0.0)
+    verdict = "within" if worst <= REPEAT_TARGET else "OUTSIDE"
+    lines.append(
+        f"\nrepeat: each stage measured twice; medians differ by at most {100 * worst:.1f}% "
+        f"({verdict} the {100 * REPEAT_TARGET:.0f}% target)"
+    )
+    return "\n".join(lines)
+
+
+# --- fit ---------------------------------------------------------------------------------------
+
+
+def _validation_models(args: argparse.Namespace) -> list[str]:
+    if not args.model:
+        return list(ZOO)
+    names = [n.strip() for n in args.model.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--model {args.model!r}: expected one or more model names separated by commas")
+    return names
+
+
+def _fit(args: argparse.Namespace) -> int:
+    if not args.json:
+        raise UserError("cascade profile --fit needs --json FILE for the fitted predictor")
+    out = Path(args.json)
+    batches = parse_batches(args.batch, (1,))
+    names = _validation_models(args)
+    targets = [load_model(n) for n in names]  # bad names fail before minutes of measuring
+    node = node_identity()
+    reps = args.reps or 15
+    before = other_load_now()
+    during = OtherLoad()
+    jobs = sampling.plan(args.samples, args.seed)
+    measured: list[tuple[Layer, float]] = []
+    with _bar(len(jobs), "time layer shapes") as bar:
+        for sample in sampling.measure_all(jobs, reps, on_sample=lambda: bar.update()):
+            measured.append((sample.layer, sample.median_ms))
+    predictor = fit(measured, HOLDOUT, args.seed, node)
+    validation = []
+    with _bar(len(targets) * len(batches), "validate on models") as bar:
+        for target in targets:
+            for batch in batches:
+                validation.append(validate_model(predictor, target.model, target.name, batch, _effort(args)))
+                bar.update()
+    holdout = _holdout_flags(measured, HOLDOUT, args.seed)
+    extra = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": args.command_line,
+        "settings": {
+            "samples_per_type": args.samples,
+            "reps": reps,
+            "warmup": 3,
+            "holdout": HOLDOUT,
+            "seed": args.seed,
+            "dtype": "float32",
+            "memory_format": "channels_last",
+            "other_cores_before": before,
+            "other_cores_during": during.cores(),
+        },
+        "validation": validation,
+        "samples": [
+            {"type": layer.type, "label": layer.label, "features": layer.features, "median_ms": ms, "held_out": held}
+            for (layer, ms), held in zip(measured, holdout, strict=True)
+        ],
+    }
+    save_fit(out, predictor, extra)
+    print(
+        format_fit(
+            predictor, validation, node.to_json(), max(before or 0.0, extra["settings"]["other_cores_during"] or 0.0)
+        )
+    )
+    print(f"fit written: {out}")
+    return 0
+
+
+def _holdout_flags(measured: list[tuple[Layer, float]], share: float, seed: int) -> list[bool]:
+    """Which samples :func:`agents.profiling.predictor.fit` held out (same split, per type)."""
+    positions: dict[str, list[int]] = {}
+    for i, (layer, _) in enumerate(measured):
+        positions.setdefault(layer.type, []).append(i)
+    flags = [False] * len(measured)
+    for indices in positions.values():
+        _, test = split_holdout(len(indices), share, seed)
+        for t in test:
+            flags[indices[t]] = True
+    return flags
+
+
+def validate_model(
+    predictor: Predictor, model: StagedModel, name: str, batch: int, effort: Effort | None = None
+) -> dict[str, Any]:
+    """Predicted against measured whole-model milliseconds (every exit computed) at ``batch``."""
+    whole = record_stages(model, batch)[2]
+    prediction = predictor.predict(whole)
+    effort = effort or Effort()
+    measured = effort.whole(model, batch).median_ms
+    return {
+        "model": name,
+        "batch": batch,
+        "predicted_ms": round(prediction.total_ms, 4),
+        "measured_ms": round(measured, 4),
+        "error": round(prediction.total_ms / measured - 1, 4),
+        "predicted_by_type_ms": {k: round(v, 4) for k, v in sorted(prediction.by_type.items())},
+        "unpriced": prediction.unknown,
+    }
+
+
+def format_fit(predictor: Predictor, validation: list[dict[str, Any]], node: dict[str, Any], busy: float) -> str:
+    """The held-out error per layer type and the whole-model check, against the issue's targets."""
+    lines = [
+        f"latency predictor for {node['hostname']}: {node['cpu_model']}, {node['torch_threads']} torch threads",
+        "",
+        f"{'layer type':<15} {'train':>5} {'test':>5} {'MAPE':>7} {'worst':>7}  target ≤{100 * TYPE_MAPE_TARGET:.0f}%",
+    ]
+    for kind, m in predictor.types.items():
+        ok = "ok" if m.mape <= TYPE_MAPE_TARGET else "MISS"
+        lines.append(f"{kind:<15} {m.n_train:>5} {m.n_test:>5} {100 * m.mape:6.1f}% {100 * m.max_ape:6.1f}%  {ok}")
+    lines += [
+        "",
+        f"{'model':<14} {'batch':>5} {'predicted':>10} {'measured':>10} {'error':>8}"
+        f"  target ±{100 * MODEL_ERROR_TARGET:.0f}%",
+    ]
+    for v in validation:
+        ok = "ok" if abs(v["error"]) <= MODEL_ERROR_TARGET else "MISS"
+        lines.append(
+            f"{v['model']:<14} {v['batch']:>5} {v['predicted_ms']:8.3f}ms {v['measured_ms']:8.3f}ms "
+            f"{100 * v['error']:+7.1f}%  {ok}"
+        )
+    if validation:
+        mean_abs = statistics.mean(abs(v["error"]) for v in validation)
+        lines.append(f"mean |error| {100 * mean_abs:.1f}%")
+    if busy > BUSY_WARNING:
+        lines.append(f"warning: other processes kept {busy:.2f} cores busy: figures may be high and noisy")
+    return "\n".join(lines)
+
+
+# --- predict -----------------------------------------------------------------------------------
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if not args.model:
+        raise UserError("cascade profile --predict needs --model NAME")
+    if not args.fit_file:
+        raise UserError("cascade profile --predict needs --fit-file FILE (written by cascade profile --fit)")
+    predictor, _ = load_fit(Path(args.fit_file))
+    profile = load_profile(Path(args.profile)) if args.profile else None
+    target = load_model(args.model)
+    if profile is not None:
+        if profile["model"]["name"] != target.name:
+            raise UserError(f"profile {args.profile}: measures {profile['model']['name']!r}, not {target.name!r}")
+        measured_batches = [int(b) for b in profile["settings"]["batches"]]
+        batches = parse_batches(args.batch, measured_batches)
+        missing = sorted(set(batches) - set(measured_batches))
+        if missing:
+            raise UserError(f"profile {args.profile}: no measurement at batch {missing} (it has {measured_batches})")
+        node = NodeIdentity.from_json(profile["node"])
+    else:
+        batches = parse_batches(args.batch, (1,))
+        node = node_identity()
+    notes = node.differences(predictor.node) if predictor.node else ["the fit file names no node"]
+    results = []
+    for batch in batches:
+        if profile is not None:
+            measured = measured_from_profile(profile, batch)
+        else:
+            measured = measure_now(target.model, batch, _effort(args))
+        results.append(predict_stages(predictor, target.model, batch, measured))
+    print(format_predict(target.name, results, notes, "profile " + args.profile if args.profile else "measured now"))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "model": target.name,
+            "node": node.to_json(),
+            "fit_file": args.fit_file,
+            "profile": args.profile,
+            "batches": results,
+        }
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"predictions written: {path}")
+    return 0
+
+
+@dataclass
+class Measured:
+    """Median milliseconds of each stage, each exit head (by stage) and the whole model at one batch size."""
+
+    stages: list[float]
+    heads: dict[int, float]
+    whole: float
+
+
+def measure_now(model: StagedModel, batch: int, effort: Effort | None = None) -> Measured:
+    """Measure stages, heads and the whole model on this node now."""
+    effort = effort or Effort()
+    return Measured(
+        [s.median_ms for s in effort.stages(model, batch)],
+        {k: s.median_ms for k, s in effort.exits(model, batch).items()},
+        effort.whole(model, batch).median_ms,
+    )
+
+
+def measured_from_profile(profile: dict[str, Any], batch: int) -> Measured:
+    """The medians a profile file holds for ``batch``."""
+
+    def at(entries: list[dict[str, Any]]) -> float:
+        return next(float(e["median_ms"]) for e in entries if int(e["batch"]) == batch)
+
+    stages = [at(s["latency"]) for s in profile["stages"]]
+    heads = {int(s["stage"]): at(s["exit"]["latency"]) for s in profile["stages"] if s.get("exit")}
+    return Measured(stages, heads, at(profile["whole_model"]))
+
+
+def predict_stages(predictor: Predictor, model: StagedModel, batch: int, measured: Measured) -> dict[str, Any]:
+    """Per stage and exit head: predicted against measured milliseconds at ``batch``; the whole model too."""
+    stages, heads, whole = record_stages(model, batch)
+    if len(stages) != len(measured.stages) or set(heads) != set(measured.heads):
+        raise UserError(f"the measurements describe other stages or exits than {model.name!r} has")
+    rows: list[dict[str, Any]] = []
+
+    def add(part: str, rec: Recording, measured_ms: float) -> None:
+        predicted = predictor.predict(rec).total_ms
+        error = predicted / measured_ms - 1 if measured_ms > 0 else math.nan
+        rows.append({"part": part, "predicted_ms": predicted, "measured_ms": measured_ms, "error": error})
+
+    for k, rec in enumerate(stages):
+        add(f"stage {k}", rec, measured.stages[k])
+        if k in heads:
+            add(f"exit after {k}", heads[k], measured.heads[k])
+    add("whole model", whole, measured.whole)
+    prediction = predictor.predict(whole)
+    return {"batch": batch, "rows": rows, "unpriced": prediction.unknown}
+
+
+def format_predict(name: str, results: list[dict[str, Any]], notes: list[str], source: str) -> str:
+    """A terminal table of predicted against measured latency."""
+    lines = [f"{name}: predicted vs measured (median, {source}) latency"]
+    for note in notes:
+        lines.append(f"  note: the fit's node and the measured one differ: {note}")
+    for result in results:
+        lines += ["", f"batch {result['batch']}: {'part':<14} {'predicted':>10} {'measured':>10} {'error':>8}"]
+        for row in result["rows"]:
+            lines.append(
+                f"         {row['part']:<14} {row['predicted_ms']:8.3f}ms {row['measured_ms']:8.3f}ms"
+                f" {100 * row['error']:+7.1f}%"
+            )
+        if result["unpriced"]:
+            lines.append(f"  not priced (no fitted type): {result['unpriced']}")
+    return "\n".join(lines)

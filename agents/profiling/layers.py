@@ -1,0 +1,386 @@
+"""Layers as the latency predictor sees them: a type and the shape parameters its cost depends on.
+
+A forward pass is recorded, not parsed: every torch function the model calls
+(``F.conv2d`` inside an ``nn.Conv2d``, but equally a residual ``out += identity``
+or a ``torch.cat`` written inline in ``forward``) passes through a
+:class:`~torch.overrides.TorchFunctionMode`, which classifies it into a layer
+type and its shape features. Batch norm shows up as its own layer when it is
+there and not at all once folded into the convolution before it, so the same
+walk serves fused and unfused models. Every ``nn.Module`` call is counted too:
+its Python overhead is a cost of its own (type ``module``).
+
+Synthetic layers for fitting are recorded by the very same code
+(:func:`capture_one`), so a layer's features mean the same in the fit and in a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from agents.models.staged import StagedModel
+
+#: Layer types and the shape features a regression per type uses (an intercept is always added).
+TYPES: dict[str, tuple[str, ...]] = {
+    "conv": ("macs", "in_elems", "out_elems", "weight_elems"),
+    "conv.im2col": ("macs", "in_elems", "out_elems", "weight_elems", "cols_elems", "weight_copy"),
+    "dwconv": ("macs", "in_elems", "out_elems"),
+    "linear": ("macs", "in_elems", "out_elems", "weight_elems"),
+    "norm": ("elems", "per_thread"),
+    "act.relu": ("elems", "new_elems", "per_thread"),
+    "act.hardtanh": ("elems", "new_elems", "per_thread"),
+    "act.gelu": ("elems", "new_elems", "per_thread"),
+    "act.other": ("elems", "new_elems", "per_thread"),
+    "pool.max": ("in_elems", "out_elems", "window_elems", "window_positions", "per_thread"),
+    "pool.avg": ("in_elems", "out_elems", "window_elems", "window_positions", "per_thread"),
+    "gpool.amax": ("in_elems", "out_elems", "positions", "per_thread"),
+    "gpool.mean": ("in_elems", "out_elems", "positions", "per_thread"),
+    "gpool.adaptive": ("in_elems", "out_elems", "positions", "per_thread"),
+    "eltwise": ("in_elems", "new_elems", "per_thread"),
+    "concat": ("out_elems", "inputs", "chunks", "per_thread"),
+    "view": ("elems",),
+    "module": (),
+}
+
+#: What each type covers, for reports and docs.
+DESCRIPTIONS: dict[str, str] = {
+    "conv": "convolution (groups < input channels) through oneDNN or another optimised library",
+    "conv.im2col": "convolution through PyTorch's own im2col + GEMM path (chosen for small batch-1 inputs)",
+    "dwconv": "depthwise convolution (groups = input channels)",
+    "linear": "fully connected",
+    "norm": "batch normalisation (absent once folded into a convolution)",
+    "act.relu": "ReLU",
+    "act.hardtanh": "hardtanh / ReLU6",
+    "act.gelu": "GELU",
+    "act.other": "other activations (SiLU, sigmoid, tanh, hardswish, leaky ReLU, ELU)",
+    "pool.max": "max pooling with a window",
+    "pool.avg": "average pooling with a window",
+    "gpool.amax": "global max over spatial dims (torch.amax)",
+    "gpool.mean": "global mean over spatial dims (torch.mean)",
+    "gpool.adaptive": "adaptive average/max pooling",
+    "eltwise": "element-wise add / sub / mul (residual adds, scaling)",
+    "concat": "concatenation (torch.cat)",
+    "view": "flatten / reshape / dropout at inference (no arithmetic)",
+    "module": "Python overhead of one nn.Module call",
+}
+
+_ACT = {
+    "relu": "act.relu",
+    "relu_": "act.relu",
+    "hardtanh": "act.hardtanh",
+    "hardtanh_": "act.hardtanh",
+    "relu6": "act.hardtanh",
+    "gelu": "act.gelu",
+    "silu": "act.other",
+    "sigmoid": "act.other",
+    "tanh": "act.other",
+    "hardswish": "act.other",
+    "hardsigmoid": "act.other",
+    "leaky_relu": "act.other",
+    "elu": "act.other",
+    "mish": "act.other",
+}
+_ACT_INPLACE = {"relu_", "hardtanh_", "sigmoid_", "tanh_"}
+_ELTWISE = {"add", "sub", "mul", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__"}
+_ELTWISE_INPLACE = {"add_", "sub_", "mul_", "__iadd__", "__isub__", "__imul__"}
+_VIEW = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "dropout", "alpha_dropout", "identity", "contiguous"}
+_GLOBAL = {"amax": "gpool.amax", "mean": "gpool.mean"}
+GRAIN_SIZE = 32768
+
+
+def per_thread(elements: float, threads: int | None = None) -> float:
+    """Elements each torch thread handles when ATen splits ``elements`` in grains of 32768 (its GRAIN_SIZE).
+
+    Element-wise kernels, reductions and batch norm run on one thread below a grain and on up to
+    ``threads`` above: their time follows this, not the element count, so it is a feature of theirs.
+    """
+    used = min(threads or torch.get_num_threads(), max(1, math.ceil(elements / GRAIN_SIZE)))
+    return elements / used
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a forward pass: its type, the shape features its cost depends on, and a readable label."""
+
+    type: str
+    features: dict[str, float] = field(default_factory=dict)
+    label: str = ""
+
+    def vector(self) -> list[float]:
+        """The regression row: an intercept, then this type's features in :data:`TYPES` order."""
+        return [1.0, *(float(self.features.get(name, 0.0)) for name in TYPES[self.type])]
+
+
+@dataclass
+class Recording:
+    """What one forward pass ran: its layers, nn.Module calls, and torch functions no type covers."""
+
+    layers: list[Layer] = field(default_factory=list)
+    module_calls: int = 0
+    unknown: dict[str, int] = field(default_factory=dict)
+
+    def all_layers(self) -> list[Layer]:
+        """The layers plus one ``module`` layer per nn.Module call."""
+        return [*self.layers, *(Layer("module", {}, "nn.Module call") for _ in range(self.module_calls))]
+
+
+def _name(func: Callable[..., Any]) -> str:
+    if func is F.max_pool2d or func is F.max_pool2d_with_indices:
+        return "max_pool2d"
+    if func is F.max_pool1d or func is F.max_pool3d:
+        return "max_pool_other"
+    if func is F.adaptive_max_pool2d:
+        return "adaptive_max_pool2d"
+    return str(getattr(func, "__name__", ""))
+
+
+def _arg(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str, default: Any = None) -> Any:
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    a, b = tuple(value)
+    return int(a), int(b)
+
+
+def _copies_weight(x: Tensor, weight: Tensor) -> bool:
+    """Whether PyTorch copies the weight into the input's channels-last layout on every call.
+
+    It does when the input is channels-last and the weight is not (a 1×1 weight is both).
+    Models whose weights were converted with ``model.to(memory_format=torch.channels_last)`` skip it.
+    """
+    if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return False
+    return not weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def _positions(t: Tensor) -> float:
+    """Pixels of a feature map, over the batch (``N·H·W``; elements per channel for other shapes)."""
+    if t.dim() == 4:
+        return float(t.shape[0] * t.shape[2] * t.shape[3])
+    return float(t.numel() / max(1, t.shape[1])) if t.dim() > 1 else float(t.numel())
+
+
+def _shape(t: Tensor) -> str:
+    return "x".join(str(d) for d in t.shape)
+
+
+def conv_path(
+    x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any, groups: int
+) -> str:
+    """``conv.im2col`` when PyTorch runs this convolution through its own im2col path, else ``conv``.
+
+    PyTorch picks the implementation per call from the shapes and thread count (at batch 1, small
+    inputs skip oneDNN); the two differ several-fold in speed per MAC, so they are fitted apart.
+    Asks PyTorch's own selector; where that is unavailable (or the padding is a string), ``conv``.
+    """
+    select = getattr(torch._C, "_select_conv_backend", None)
+    if select is None or isinstance(padding, str):
+        return "conv"
+    try:
+        backend = select(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups, None)
+    except (RuntimeError, TypeError, ValueError):
+        return "conv"
+    return "conv.im2col" if str(backend).rsplit(".", 1)[-1].startswith("Slow") else "conv"
+
+
+def classify(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> Layer | str | None:
+    """The layer a torch function call is; the function's name when no type covers it; None when it costs nothing.
+
+    Calls that produce no tensor (``dim``, ``size``) cost nothing measurable and give None.
+    """
+    if not isinstance(out, Tensor):
+        return None
+    name = _name(func)
+    x = args[0] if args and isinstance(args[0], Tensor) else None
+    n_out = float(out.numel())
+    if name == "conv2d" and x is not None:
+        weight: Tensor = _arg(args, kwargs, 1, "weight")
+        groups = int(_arg(args, kwargs, 6, "groups", 1))
+        per_out = weight.shape[1] * weight.shape[2] * weight.shape[3]
+        cin = x.shape[1]
+        stride = _pair(_arg(args, kwargs, 3, "stride", 1))
+        padding = _arg(args, kwargs, 4, "padding", 0)
+        if groups > 1 and groups == cin:
+            kind = "dwconv"
+        else:
+            dilation = _arg(args, kwargs, 5, "dilation", 1)
+            kind = conv_path(x, weight, _arg(args, kwargs, 2, "bias"), stride, padding, dilation, groups)
+        # The im2col path unfolds the input into columns unless the convolution is a plain 1×1.
+        pointwise = weight.shape[2:] == (1, 1) and stride == (1, 1) and padding in (0, (0, 0), [0, 0], "valid")
+        columns = 0 if pointwise else out.shape[0] * out.shape[2] * out.shape[3] * per_out * groups
+        features = {
+            "macs": n_out * per_out,
+            "in_elems": float(x.numel()),
+            "out_elems": n_out,
+            "weight_elems": float(weight.numel()),
+            "cols_elems": float(columns),
+            "weight_copy": float(weight.numel()) if _copies_weight(x, weight) else 0.0,
+        }
+        k = f"{weight.shape[2]}x{weight.shape[3]}"
+        label = f"conv2d {k}/{stride[0]} g{groups} {_shape(x)}→{_shape(out)}"
+        return Layer(kind, features, label)
+    if name == "linear" and x is not None:
+        weight = _arg(args, kwargs, 1, "weight")
+        features = {
+            "macs": n_out * weight.shape[1],
+            "in_elems": float(x.numel()),
+            "out_elems": n_out,
+            "weight_elems": float(weight.numel()),
+        }
+        return Layer("linear", features, f"linear {_shape(x)}→{_shape(out)}")
+    if name in ("batch_norm", "instance_norm", "layer_norm", "group_norm") and x is not None:
+        return Layer("norm", {"elems": n_out, "per_thread": per_thread(n_out)}, f"{name} {_shape(x)}")
+    if name in _ACT and x is not None:
+        inplace = name in _ACT_INPLACE or bool(kwargs.get("inplace", False)) or out is x
+        features = {"elems": n_out, "new_elems": 0.0 if inplace else n_out, "per_thread": per_thread(n_out)}
+        return Layer(_ACT[name], features, f"{name}{' inplace' if inplace else ''} {_shape(x)}")
+    if name in ("max_pool2d", "avg_pool2d") and x is not None:
+        kh, kw = _pair(_arg(args, kwargs, 1, "kernel_size"))
+        n_in = float(x.numel())
+        features = {
+            "in_elems": n_in,
+            "out_elems": n_out,
+            "window_elems": n_out * kh * kw,
+            "window_positions": _positions(out) * kh * kw,
+            "per_thread": per_thread(n_in),
+        }
+        kind = "pool.max" if name == "max_pool2d" else "pool.avg"
+        return Layer(kind, features, f"{name} {kh}x{kw} {_shape(x)}→{_shape(out)}")
+    if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d") and x is not None:
+        features = {
+            "in_elems": float(x.numel()),
+            "out_elems": n_out,
+            "positions": _positions(x),
+            "per_thread": per_thread(x.numel()),
+        }
+        return Layer("gpool.adaptive", features, f"{name} {_shape(x)}→{_shape(out)}")
+    if name in _GLOBAL and x is not None:
+        features = {
+            "in_elems": float(x.numel()),
+            "out_elems": n_out,
+            "positions": _positions(x),
+            "per_thread": per_thread(x.numel()),
+        }
+        return Layer(_GLOBAL[name], features, f"{name} {_shape(x)}→{_shape(out)}")
+    if name in _ELTWISE or name in _ELTWISE_INPLACE:
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        inplace = name in _ELTWISE_INPLACE or any(out is a for a in tensors)
+        features = {
+            "in_elems": float(sum(a.numel() for a in tensors)),
+            "new_elems": 0.0 if inplace else n_out,
+            "per_thread": per_thread(n_out),
+        }
+        return Layer("eltwise", features, f"{name} {' '.join(_shape(a) for a in tensors)}")
+    if name == "cat":
+        parts = args[0] if args else kwargs.get("tensors", [])
+        count = len(parts) if isinstance(parts, (list, tuple)) else 1
+        # Copies run per input and per position along the dims before the concatenation dim: "chunks".
+        dim = int(_arg(args, kwargs, 1, "dim", 0)) % max(1, out.dim())
+        positions = math.prod(out.shape[:dim])
+        if not out.is_contiguous() and out.dim() == 4 and dim == 1:  # channels-last: one chunk per pixel
+            positions = out.shape[0] * out.shape[2] * out.shape[3]
+        features = {
+            "out_elems": n_out,
+            "inputs": float(count),
+            "chunks": float(positions * count),
+            "per_thread": per_thread(n_out),
+        }
+        return Layer("concat", features, f"cat {count}→{_shape(out)}")
+    if name in _VIEW:
+        return Layer("view", {"elems": n_out}, f"{name} {_shape(out)}")
+    return name or repr(func)
+
+
+class _Recorder(TorchFunctionMode):
+    """Records the top-level torch functions called while active (the mode is off inside each call)."""
+
+    def __init__(self, recording: Recording) -> None:
+        super().__init__()
+        self.recording = recording
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        found = classify(func, args, kwargs, out)
+        if isinstance(found, Layer):
+            self.recording.layers.append(found)
+        elif found is not None:
+            self.recording.unknown[found] = self.recording.unknown.get(found, 0) + 1
+        return out
+
+
+@contextmanager
+def recording() -> Iterator[Recording]:
+    """Record every layer run and every nn.Module called inside the ``with`` block."""
+    rec = Recording()
+
+    def count(module: nn.Module, inputs: Any) -> None:
+        rec.module_calls += 1
+
+    handle = nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        with torch.inference_mode(), _Recorder(rec):
+            yield rec
+    finally:
+        handle.remove()
+
+
+def record(fn: Callable[[], object]) -> Recording:
+    """The layers and module calls of one call of ``fn``."""
+    with recording() as rec:
+        fn()
+    return rec
+
+
+def capture_one(fn: Callable[[], object]) -> Layer:
+    """The single layer ``fn`` runs (a synthetic layer for fitting); ValueError unless it runs exactly one."""
+    rec = record(fn)
+    if len(rec.layers) != 1 or rec.unknown:
+        raise ValueError(f"expected one layer, recorded {[x.label for x in rec.layers]} and unknown {rec.unknown}")
+    return rec.layers[0]
+
+
+def record_stages(model: StagedModel, batch: int) -> tuple[list[Recording], dict[int, Recording], Recording]:
+    """Recordings of each stage alone, each exit head alone (by stage), and the whole model (every exit).
+
+    Inputs are channels-last zeros, as :mod:`agents.evaluation.latency` times them.
+    """
+    model.eval()
+    x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
+    stages: list[Recording] = []
+    heads: dict[int, Recording] = {}
+    whole = record(lambda: model(x))
+    with torch.inference_mode():
+        for k in range(model.num_stages):
+            stage = model.stages[k]
+            stages.append(record(partial(stage, x)))
+            x = stage(x)
+            index = model.exit_at_stage(k)
+            if index is not None:
+                heads[k] = record(partial(model.heads[index], x))
+    return stages, heads, whole
+
+
+def total_elements(layers: Sequence[Layer], kind: str) -> float:
+    """Sum of a feature over layers (for summaries: total MACs of a recording, say)."""
+    return math.fsum(layer.features.get(kind, 0.0) for layer in layers)

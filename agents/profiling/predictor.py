@@ -1,0 +1,227 @@
+"""Latency prediction per layer type (after Edgent): a non-negative linear model of each type's shape features.
+
+For each layer type, ``latency_ms ≈ c0 + Σ c_i · feature_i`` with every ``c ≥ 0``
+(a layer never gets cheaper by growing), fitted to minimise the *relative*
+squared error, so a 20 µs activation counts as much as a 20 ms convolution.
+The non-negative least-squares problem is small (at most a handful of
+coefficients), so it is solved exactly by trying every subset of free
+coefficients. A model's latency is the sum of its layers' predictions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agents.errors import UserError
+from agents.profiling.layers import TYPES, Layer, Recording
+from agents.profiling.node import NodeIdentity
+
+FIT_SCHEMA = "cascade-latency-fit/1"
+
+Matrix = npt.NDArray[np.float64]
+
+
+def nnls(a: Matrix, b: Matrix) -> Matrix:
+    """Solve min ‖a·x − b‖² subject to x ≥ 0, exactly, by least squares on every subset of columns.
+
+    Fine for the few columns of a per-type latency model (2^columns small solves); columns are
+    rescaled internally so features in MACs and in elements are equally well conditioned.
+    """
+    n = a.shape[1]
+    scale = np.abs(a).max(axis=0)
+    scale[scale == 0] = 1.0
+    scaled = a / scale
+    best: Matrix = np.zeros(n)
+    best_loss = float(np.sum(b**2))
+    for size in range(1, n + 1):
+        for cols in itertools.combinations(range(n), size):
+            sub = scaled[:, cols]
+            coef, *_ = np.linalg.lstsq(sub, b, rcond=None)
+            if np.any(coef < 0):
+                continue
+            loss = float(np.sum((sub @ coef - b) ** 2))
+            if loss < best_loss - 1e-15:
+                best_loss = loss
+                best = np.zeros(n)
+                best[list(cols)] = coef
+    result: Matrix = best / scale
+    return result
+
+
+def fit_relative(rows: Matrix, latency: Matrix) -> Matrix:
+    """Non-negative coefficients minimising Σ((rows·c − latency) / latency)²."""
+    weights = 1.0 / np.maximum(latency, 1e-9)
+    return nnls(rows * weights[:, None], np.ones_like(latency))
+
+
+def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
+    """Mean absolute percentage error, as a fraction (0.1 = 10 %)."""
+    if not measured:
+        return math.nan
+    return float(np.mean([abs(p - m) / m for p, m in zip(predicted, measured, strict=True)]))
+
+
+@dataclass(frozen=True)
+class TypeModel:
+    """The fitted latency model of one layer type, with its held-out error."""
+
+    type: str
+    features: tuple[str, ...]
+    coef: tuple[float, ...]
+    n_train: int = 0
+    n_test: int = 0
+    mape: float = math.nan
+    max_ape: float = math.nan
+
+    def predict(self, layer: Layer) -> float:
+        """Predicted milliseconds of ``layer`` (of this type)."""
+        row = [1.0, *(float(layer.features.get(name, 0.0)) for name in self.features)]
+        return float(sum(c * v for c, v in zip(self.coef, row, strict=True)))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "features": ["intercept", *self.features],
+            "coef_ms": list(self.coef),
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "mape": None if math.isnan(self.mape) else self.mape,
+            "max_ape": None if math.isnan(self.max_ape) else self.max_ape,
+        }
+
+
+@dataclass
+class Prediction:
+    """A predicted latency, per layer type, and the torch functions it could not price."""
+
+    total_ms: float
+    by_type: dict[str, float] = field(default_factory=dict)
+    unknown: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """Per-type latency models fitted on one node."""
+
+    types: dict[str, TypeModel]
+    node: NodeIdentity | None = None
+
+    def predict_layer(self, layer: Layer) -> float:
+        """Milliseconds of one layer (0 for a type the fit did not cover)."""
+        model = self.types.get(layer.type)
+        return model.predict(layer) if model is not None else 0.0
+
+    def predict(self, rec: Recording) -> Prediction:
+        """Milliseconds of a recorded forward pass: the sum over its layers and module calls."""
+        out = Prediction(0.0, unknown=dict(rec.unknown))
+        for layer in rec.all_layers():
+            if layer.type not in self.types:
+                out.unknown[layer.type] = out.unknown.get(layer.type, 0) + 1
+                continue
+            ms = self.predict_layer(layer)
+            out.by_type[layer.type] = out.by_type.get(layer.type, 0.0) + ms
+            out.total_ms += ms
+        return out
+
+
+def split_holdout(n: int, share: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices ``0..n-1`` split into (train, held out); at least two of each when ``n`` allows."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    test = max(2, round(n * share)) if n >= 6 else 0
+    return sorted(order[test:]), sorted(order[:test])
+
+
+def fit_type(
+    kind: str, layers: Sequence[Layer], latency_ms: Sequence[float], holdout: float = 0.25, seed: int = 0
+) -> TypeModel:
+    """Fit one type on a share of its samples and score it on the rest (MAPE and worst error)."""
+    features = TYPES[kind]
+    rows = np.array([layer.vector() for layer in layers], dtype=np.float64)
+    y = np.array(latency_ms, dtype=np.float64)
+    train, test = split_holdout(len(layers), holdout, seed)
+    coef = fit_relative(rows[train], y[train])
+    errors = [abs(float(rows[i] @ coef) - y[i]) / y[i] for i in test]
+    return TypeModel(
+        kind,
+        features,
+        tuple(float(c) for c in coef),
+        n_train=len(train),
+        n_test=len(test),
+        mape=float(np.mean(errors)) if errors else math.nan,
+        max_ape=float(np.max(errors)) if errors else math.nan,
+    )
+
+
+def fit(
+    samples: Sequence[tuple[Layer, float]], holdout: float = 0.25, seed: int = 0, node: NodeIdentity | None = None
+) -> Predictor:
+    """A predictor from ``(layer, measured ms)`` samples: one model per type present."""
+    by_type: dict[str, list[tuple[Layer, float]]] = {}
+    for layer, ms in samples:
+        by_type.setdefault(layer.type, []).append((layer, ms))
+    models = {}
+    for kind in TYPES:
+        if kind in by_type:
+            pairs = by_type[kind]
+            models[kind] = fit_type(kind, [p[0] for p in pairs], [p[1] for p in pairs], holdout, seed)
+    return Predictor(models, node)
+
+
+def save_fit(path: Path, predictor: Predictor, extra: dict[str, Any]) -> None:
+    """Write the fitted coefficients, the node identity and ``extra`` (settings, validation, samples) to ``path``."""
+    data = {
+        "schema": FIT_SCHEMA,
+        **({"node": predictor.node.to_json()} if predictor.node else {}),
+        "types": {k: m.to_json() for k, m in predictor.types.items()},
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def load_fit(path: Path) -> tuple[Predictor, dict[str, Any]]:
+    """The predictor a fit file holds, and the file's whole content; UserError for anything wrong with it."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"fit file {path}: no such file (write one with cascade profile --fit --json FILE)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"fit file {path}: unreadable ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema") != FIT_SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise UserError(f"fit file {path}: schema {found!r}, expected {FIT_SCHEMA!r}")
+    try:
+        types = {}
+        for kind, entry in data["types"].items():
+            if kind not in TYPES:
+                continue  # a type a newer version fits; this one never records it
+            names = tuple(entry["features"][1:])
+            coef = tuple(float(c) for c in entry["coef_ms"])
+            if names != TYPES[kind] or len(coef) != len(names) + 1 or any(not math.isfinite(c) for c in coef):
+                raise ValueError(f"type {kind!r}: features {list(names)} / {len(coef)} coefficients do not match")
+            mape_value = entry.get("mape")
+            max_value = entry.get("max_ape")
+            types[kind] = TypeModel(
+                kind,
+                names,
+                coef,
+                int(entry.get("n_train", 0)),
+                int(entry.get("n_test", 0)),
+                math.nan if mape_value is None else float(mape_value),
+                math.nan if max_value is None else float(max_value),
+            )
+        node = NodeIdentity.from_json(data["node"]) if "node" in data else None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"fit file {path}: malformed ({exc})") from None
+    return Predictor(types, node), data

@@ -1,0 +1,315 @@
+"""Synthetic layers to fit the predictor on: random shapes per layer type, each timed on this node.
+
+Shapes are drawn around what the zoo's models hold (CIFAR-sized maps of 1–32
+pixels, 3–1280 channels, 1×1 and 3×3 kernels, batches 1–32), with a cap on the
+work per layer so a fit stays within minutes on two cores. 4-D inputs are
+channels-last, as in :mod:`agents.evaluation.latency`. Each layer is recorded by
+:func:`agents.profiling.layers.capture_one`, so its features come from the same
+code that reads a model's layers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agents.evaluation.latency import time_call
+from agents.profiling.layers import TYPES, Layer, capture_one, conv_path
+
+Call = Callable[[], object]
+
+_MAX_MACS = 2.5e8  # per synthetic conv / linear call
+_MAX_ELEMS = 4e6  # per activation tensor
+_SPATIAL = (1, 2, 4, 4, 8, 8, 16, 16, 32, 32, 31)
+_BATCHES = (1, 1, 1, 1, 1, 2, 4, 8, 16, 32)
+
+
+def _map(rng: random.Random, b: int, c: int, h: int) -> Tensor:
+    return torch.randn(b, c, h, h, generator=torch.Generator().manual_seed(rng.randrange(2**31))).contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+def _channels(rng: random.Random, low: int = 8, high: int = 1024) -> int:
+    """Log-uniform channel count, a multiple of 8 above 8 (as in real nets)."""
+    value = round(2 ** rng.uniform(low.bit_length() - 1, high.bit_length() - 1))
+    return max(low, min(high, value if value < 16 else 8 * round(value / 8)))
+
+
+def _batch_spatial_channels(rng: random.Random, cmax: int = 1024) -> tuple[int, int, int]:
+    """A batch, map size and channel count with at most :data:`_MAX_ELEMS` elements."""
+    while True:
+        b, h, c = rng.choice(_BATCHES), rng.choice(_SPATIAL), _channels(rng, 8, cmax)
+        if b * h * h * c <= _MAX_ELEMS:
+            return b, c, h
+
+
+def _conv_channels(rng: random.Random, h: int) -> tuple[int, int]:
+    """Input and output channels of a convolution on an ``h``-pixel map.
+
+    Mostly as CNNs hold them (about 64 channels at 32 pixels, doubling each time the map halves,
+    output 1/4 to 4 times the input), sometimes anything in 8–1024, sometimes an RGB input.
+    """
+    if rng.random() < 0.08:
+        return 3, _channels(rng, 8, 1024)
+    if rng.random() < 0.3:
+        return _channels(rng, 8, 1024), _channels(rng, 8, 1024)
+    centre = 64 * 32 / max(h, 1)
+    cin = max(8, min(1024, 8 * round(centre * 2 ** rng.uniform(-2, 2) / 8)))
+    cout = max(8, min(1024, 8 * round(cin * rng.choice((0.25, 0.5, 1, 1, 2, 4)) / 8)))
+    return cin, cout
+
+
+def _conv(im2col: bool) -> Callable[[random.Random], Call]:
+    """Convolutions that PyTorch runs through its im2col path (``im2col``) or through oneDNN (not)."""
+
+    def make(rng: random.Random) -> Call:
+        while True:
+            b = 1 if im2col else rng.choice(_BATCHES)
+            h = rng.choice((2, 4, 8, 8, 16, 16, 32, 32, 31))
+            cin, cout = _conv_channels(rng, h)
+            k = rng.choice((1, 1, 3, 3, 3, 2)) if h > 2 else 1
+            stride = 2 if rng.random() < 0.15 and h >= 4 else 1
+            pad = k // 2 if k != 2 else 0
+            out_h = (h + 2 * pad - k) // stride + 1
+            if b * out_h * out_h * cout * cin * k * k > _MAX_MACS or b * h * h * max(cin, cout) > _MAX_ELEMS:
+                continue
+            x = _map(rng, b, cin, h)
+            w = torch.randn(cout, cin, k, k) * 0.05
+            if (conv_path(x, w, None, stride, pad, 1, 1) == "conv.im2col") == im2col:
+                break
+        bias = torch.zeros(cout) if rng.random() < 0.3 else None
+        return lambda: F.conv2d(x, w, bias, stride, pad, 1, 1)
+
+    return make
+
+
+def _dwconv(rng: random.Random) -> Call:
+    b, c, h = _batch_spatial_channels(rng, 1280)
+    h = max(h, 2)
+    x = _map(rng, b, c, h)
+    w = torch.randn(c, 1, 3, 3) * 0.1
+    stride = 2 if rng.random() < 0.2 and h >= 4 else 1
+    return lambda: F.conv2d(x, w, None, stride, 1, 1, c)
+
+
+def _linear(rng: random.Random) -> Call:
+    while True:
+        b = rng.choice(_BATCHES)
+        fin = _channels(rng, 16, 2560)
+        fout = rng.choice((10, 10, 100)) if rng.random() < 0.4 else _channels(rng, 16, 1280)
+        if b * fin * fout <= _MAX_MACS:
+            break
+    x = torch.randn(b, fin)
+    w = torch.randn(fout, fin) * 0.05
+    bias = torch.zeros(fout) if rng.random() < 0.7 else None
+    return lambda: F.linear(x, w, bias)
+
+
+def _norm(rng: random.Random) -> Call:
+    b, c, h = _batch_spatial_channels(rng, 1024)
+    x = _map(rng, b, c, h)
+    mean, var, weight, bias = torch.zeros(c), torch.ones(c), torch.ones(c), torch.zeros(c)
+    return lambda: F.batch_norm(x, mean, var, weight, bias, False, 0.1, 1e-5)
+
+
+def _act(fn: str) -> Callable[[random.Random], Call]:
+    def make(rng: random.Random) -> Call:
+        b, c, h = _batch_spatial_channels(rng, 1280)
+        x = _map(rng, b, c, max(h, 2))
+        inplace = fn != "gelu" and rng.random() < 0.5
+        if fn == "relu":
+            return lambda: F.relu(x, inplace=inplace)
+        if fn == "hardtanh":
+            return lambda: F.hardtanh(x, 0.0, 6.0, inplace=inplace)
+        if fn == "gelu":
+            return lambda: F.gelu(x)
+        other = rng.choice((F.silu, F.hardswish, torch.sigmoid, F.leaky_relu))
+        return lambda: other(x)
+
+    return make
+
+
+def _pool(kind: str) -> Callable[[random.Random], Call]:
+    def make(rng: random.Random) -> Call:
+        b, c, h = _batch_spatial_channels(rng, 1024)
+        h = max(h, 2)
+        x = _map(rng, b, c, h)
+        if kind == "max":
+            k, s, p = rng.choice(((2, 2, 0), (2, 2, 0), (3, 2, 1), (3, 1, 1)))
+            return lambda: F.max_pool2d(x, k, s, p)
+        return lambda: F.avg_pool2d(x, 2, 2)
+
+    return make
+
+
+def _gpool(kind: str) -> Callable[[random.Random], Call]:
+    def make(rng: random.Random) -> Call:
+        b, c, h = _batch_spatial_channels(rng, 1280)
+        x = _map(rng, b, c, h)
+        if kind == "amax":
+            return lambda: torch.amax(x, dim=(2, 3))
+        if kind == "mean":
+            return lambda: torch.mean(x, dim=(2, 3))
+        return lambda: F.adaptive_avg_pool2d(x, 1)
+
+    return make
+
+
+def _eltwise(rng: random.Random) -> Call:
+    b, c, h = _batch_spatial_channels(rng, 1024)
+    x, y = _map(rng, b, c, h), _map(rng, b, c, h)
+    choice = rng.randrange(4)
+    if choice == 0:
+        return lambda: x + y
+    if choice == 1:
+        return lambda: x.add_(y)
+    if choice == 2:
+        flat = x.flatten(1)
+        return lambda: flat * 0.5
+    return lambda: x * y
+
+
+def _concat(rng: random.Random) -> Call:
+    while True:
+        b, h, n = rng.choice(_BATCHES), rng.choice(_SPATIAL), rng.choice((2, 2, 2, 3, 4, 6, 8, 12, 16, 24, 32))
+        widths = [_channels(rng, 8, 256) if rng.random() < 0.5 else 32 for _ in range(n)]
+        if b * h * h * sum(widths) <= _MAX_ELEMS:
+            break
+    parts = [_map(rng, b, w, h) for w in widths]
+    return lambda: torch.cat(parts, 1)
+
+
+def _view(rng: random.Random) -> Call:
+    b, c, _ = _batch_spatial_channels(rng, 1280)
+    x = _map(rng, b, c, 1)
+    if rng.random() < 0.5:
+        return lambda: torch.flatten(x, 1)
+    flat = x.flatten(1)
+    return lambda: F.dropout(flat, 0.2, training=False)
+
+
+GENERATORS: dict[str, Callable[[random.Random], Call]] = {
+    "conv": _conv(im2col=False),
+    "conv.im2col": _conv(im2col=True),
+    "dwconv": _dwconv,
+    "linear": _linear,
+    "norm": _norm,
+    "act.relu": _act("relu"),
+    "act.hardtanh": _act("hardtanh"),
+    "act.gelu": _act("gelu"),
+    "act.other": _act("other"),
+    "pool.max": _pool("max"),
+    "pool.avg": _pool("avg"),
+    "gpool.amax": _gpool("amax"),
+    "gpool.mean": _gpool("mean"),
+    "gpool.adaptive": _gpool("adaptive"),
+    "eltwise": _eltwise,
+    "concat": _concat,
+    "view": _view,
+}
+assert set(GENERATORS) | {"module"} == set(TYPES)
+
+#: Relative number of shapes per type: convolutions vary most and matter most.
+WEIGHTS: dict[str, float] = {
+    "conv": 3.0,
+    "conv.im2col": 2.0,
+    "dwconv": 1.5,
+    "linear": 1.5,
+    "concat": 1.5,
+    "module": 0.25,
+}
+
+
+#: Types timed without a cache flush: they touch no tensor data, only the interpreter and
+#: dispatcher, which stay as warm in a model's forward pass as in a loop.
+HOT = frozenset({"module", "view"})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One synthetic layer and its measured median milliseconds on this node."""
+
+    layer: Layer
+    median_ms: float
+
+
+def plan(samples_per_type: int, seed: int = 0) -> list[tuple[str, int]]:
+    """Which (type, seed) pairs to measure, shuffled so slow drift of the machine spreads over every type."""
+    rng = random.Random(seed)
+    jobs = []
+    for kind in TYPES:
+        count = max(4, round(samples_per_type * WEIGHTS.get(kind, 1.0)))
+        jobs += [(kind, rng.randrange(2**31)) for _ in range(count)]
+    rng.shuffle(jobs)
+    return jobs
+
+
+def _module_call(rng: random.Random) -> tuple[Layer, Call]:
+    module = nn.Identity()
+    x = _map(rng, 1, 8, 4)
+    return Layer("module", {}, "nn.Module call (Identity)"), lambda: module(x)
+
+
+class CacheFlush:
+    """Evicts the CPU caches by writing a buffer larger than them (``mib`` MiB), on every torch thread.
+
+    Timing a layer over and over keeps its weights and input in cache; inside a model the layers
+    before it have evicted them. Flushing before each timed call makes the two agree (measured
+    here: a model's stages took 5–30 % longer than the sum of their layers timed hot, and within
+    a few percent of the sum timed after a flush).
+    """
+
+    def __init__(self, mib: int = 8) -> None:
+        self.buffer = torch.zeros(mib * 1024 * 1024 // 4)
+
+    def __call__(self) -> None:
+        """Touch the whole buffer once."""
+        self.buffer.add_(1.0)
+
+
+def measure(
+    kind: str,
+    seed: int,
+    reps: int = 15,
+    warmup: int = 3,
+    budget_s: float = 0.05,
+    flush: Callable[[], object] | None = None,
+) -> Sample:
+    """Build one random layer of ``kind`` from ``seed`` and time it (median after warm-up).
+
+    Fast layers get more repetitions, up to what fits in ``budget_s`` (never fewer than ``reps``,
+    never more than ``3 * reps``). ``flush`` runs untimed before every timed call (see :class:`CacheFlush`).
+    """
+    rng = random.Random(seed)
+    if kind == "module":
+        layer, call = _module_call(rng)
+    else:
+        call = GENERATORS[kind](rng)
+        with torch.inference_mode():
+            layer = capture_one(call)
+        if layer.type != kind:
+            raise AssertionError(f"generator for {kind} made a {layer.type} ({layer.label})")
+    if kind in HOT:
+        flush = None
+    with torch.inference_mode():
+        first = time_call(call, reps=3, warmup=warmup)
+        n = int(min(3 * reps, max(reps, budget_s * 1e3 / max(first.median_ms, 1e-6))))
+        timing = time_call(call, reps=n, warmup=0, between=flush)
+    return Sample(layer, timing.median_ms)
+
+
+def measure_all(
+    jobs: list[tuple[str, int]], reps: int = 15, on_sample: Callable[[], object] | None = None
+) -> Iterator[Sample]:
+    """Measure every planned layer in turn, each timed after a cache flush."""
+    flush = CacheFlush()
+    for kind, seed in jobs:
+        yield measure(kind, seed, reps, flush=flush)
+        if on_sample is not None:
+            on_sample()

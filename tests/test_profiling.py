@@ -1,0 +1,316 @@
+"""cascade profile: per-stage profiles, the per-layer latency predictor, its files and its errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from agents.cli import main
+from agents.errors import UserError
+from agents.models.zoo import build_model
+from agents.profiling.export import profile_points, write_points
+from agents.profiling.layers import TYPES, Layer, classify, record, record_stages
+from agents.profiling.loading import load_model
+from agents.profiling.node import NodeIdentity, cpu_model, node_identity
+from agents.profiling.predictor import FIT_SCHEMA, Predictor, TypeModel, fit, fit_type, load_fit, nnls, save_fit
+from agents.profiling.sampling import GENERATORS, measure, plan
+from agents.profiling.stages import PROFILE_SCHEMA, Effort, load_profile, profile_model, save_profile
+from agents.telemetry.influx import InfluxTarget, influx_query
+from agents.telemetry.influxd import InfluxServer
+from tests.test_cli_errors import assert_one_line_error, cascade
+
+
+@pytest.fixture(scope="module")
+def profile() -> dict[str, Any]:
+    """device-small profiled at batch 1 and 8 on one thread (the shipped checkpoint)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return profile_model(load_model("device-small"), node_identity(), [1, 8], Effort(15, 3, 0.0, 0.0), "test")
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --- profile -----------------------------------------------------------------------------------
+
+
+def test_profile_schema(profile: dict[str, Any], tmp_path: Path) -> None:
+    assert profile["schema"] == PROFILE_SCHEMA
+    assert profile["model"]["name"] == "device-small" and profile["model"]["trained"] is True
+    assert profile["node"]["torch_threads"] == 1 and profile["node"]["cpu_model"]
+    assert [s["stage"] for s in profile["stages"]] == [0, 1, 2, 3]
+    assert [s["exit"]["index"] for s in profile["stages"] if s["exit"]] == [0, 1, 2]
+    for stage in profile["stages"]:
+        assert [e["batch"] for e in stage["latency"]] == [1, 8]
+        for e in stage["latency"]:
+            assert 0 < e["median_ms"] <= e["p95_ms"] and e["repeat_median_ms"] > 0
+    assert profile["stages"][0]["output_bytes"] == 4 * 24 * 32 * 32
+    path = tmp_path / "p.json"
+    save_profile(profile, path)
+    assert load_profile(path)["stages"] == profile["stages"]
+
+
+def test_bigger_stages_and_batches_cost_more(profile: dict[str, Any]) -> None:
+    stages = profile["stages"]
+    # Stage 1 has 14x the MACs of stage 0 (9.4 M against 0.66 M).
+    assert stages[1]["macs"] > 10 * stages[0]["macs"]
+    assert stages[1]["latency"][0]["median_ms"] > stages[0]["latency"][0]["median_ms"]
+    for stage in stages:
+        b1, b8 = stage["latency"]
+        assert b8["median_ms"] > b1["median_ms"], stage["stage"]
+    whole1, whole8 = profile["whole_model"]
+    assert whole8["median_ms"] > whole1["median_ms"]
+
+
+def test_untrained_zoo_model_and_unknown_names() -> None:
+    target = load_model("resnet18")
+    assert not target.trained and target.source == "zoo (untrained)"
+    assert load_model("device-small").trained
+    with pytest.raises(UserError, match=r"huge-net.*device-small.*resnet18"):
+        load_model("huge-net")
+
+
+def test_profile_points_for_influx(profile: dict[str, Any]) -> None:
+    lines = profile_points(profile, "node a")
+    assert len(lines) == 2 * 4 + 2  # 4 stages and the whole model, at 2 batch sizes
+    assert lines[0].startswith("profile,batch=1,model=device-small,node=node\\ a,stage=0,threads=1 ")
+    assert "exit_median_ms=" in next(line for line in lines if "stage=1," in line)
+    assert all(line.split(" ")[-1] == str(profile["time_ns"]) for line in lines)
+
+
+def test_profile_written_to_influxdb(profile: dict[str, Any], influx: InfluxServer) -> None:
+    assert write_points(influx.url, "profiles", profile_points(profile, "n1")) == 10
+    answer = influx_query(
+        InfluxTarget(influx.url, "profiles"), "SELECT median_ms FROM profile WHERE \"stage\" = 'all'", "profiles"
+    )
+    assert len(answer["results"][0]["series"][0]["values"]) == 2
+
+
+def test_node_identity_reads_arm_cpuinfo() -> None:
+    pi = "processor\t: 0\nBogoMIPS\t: 108.00\nHardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n"
+    assert cpu_model(pi) == "Raspberry Pi 4 Model B Rev 1.4"
+    assert cpu_model("model name\t: Intel(R) Xeon(R)\nmodel name\t: other\n") == "Intel(R) Xeon(R)"
+    node = node_identity()
+    assert NodeIdentity.from_json(node.to_json()) == node
+    assert node.differences(node) == []
+
+
+# --- layers ------------------------------------------------------------------------------------
+
+
+def test_layers_of_the_zoo_are_all_priced() -> None:
+    for name, expect in [("resnet18", {"eltwise": 8}), ("densenet121", {"concat": 64, "pool.avg": 3})]:
+        model = build_model(name).eval()
+        x = model.example_input(1).contiguous(memory_format=torch.channels_last)
+        rec = record(partial(model, x))
+        assert rec.unknown == {}
+        counts = {t: sum(1 for layer in rec.layers if layer.type == t) for t in expect}
+        assert counts == expect, name  # residual adds and dense concatenations are layers too
+        assert rec.module_calls > len(rec.layers) / 3
+
+
+def test_batch_norm_folded_or_not() -> None:
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32).eval()
+    fused = nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn)
+    x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    plain = record(lambda: bn(conv(x)))
+    folded = record(lambda: fused(x))
+    assert [layer.type for layer in plain.layers] == ["conv.im2col", "norm"]
+    assert [layer.type for layer in folded.layers] == ["conv.im2col"]
+    predictor = Predictor({t: TypeModel(t, TYPES[t], (1.0,) + (0.0,) * len(TYPES[t])) for t in TYPES})
+    # Every layer and module call priced at 1 ms: folding saves the norm layer and its module call.
+    assert predictor.predict(plain).total_ms == pytest.approx(predictor.predict(folded).total_ms + 2.0)
+
+
+def test_stage_recordings_add_up_to_the_model() -> None:
+    model = build_model("device-small").eval()
+    stages, heads, whole = record_stages(model, 1)
+    assert len(stages) == 4 and sorted(heads) == [1, 2, 3]
+    parts = sum(len(r.layers) for r in stages) + sum(len(r.layers) for r in heads.values())
+    assert parts == len(whole.layers)
+
+
+def test_every_generator_makes_its_type() -> None:
+    for kind in GENERATORS:
+        sample = measure(kind, seed=7, reps=2, warmup=1, budget_s=0.0)
+        assert sample.layer.type == kind and sample.median_ms > 0
+    assert measure("module", seed=0, reps=2).layer.type == "module"
+    jobs = plan(4, seed=1)
+    assert {k for k, _ in jobs} == set(TYPES) and jobs == plan(4, seed=1)
+
+
+def test_convolution_paths_are_told_apart() -> None:
+    small = classify(
+        torch.conv2d,
+        (torch.zeros(1, 16, 8, 8).contiguous(memory_format=torch.channels_last), torch.zeros(32, 16, 3, 3)),
+        {},
+        torch.zeros(1, 32, 8, 8),
+    )
+    big = classify(torch.conv2d, (torch.zeros(8, 16, 8, 8), torch.zeros(32, 16, 3, 3)), {}, torch.zeros(8, 32, 8, 8))
+    depthwise = classify(
+        torch.conv2d,
+        (torch.zeros(8, 16, 8, 8), torch.zeros(16, 1, 3, 3), None, 1, 1, 1, 16),
+        {},
+        torch.zeros(8, 16, 8, 8),
+    )
+    assert isinstance(small, Layer) and small.type == "conv.im2col" and small.features["weight_copy"] == 16 * 32 * 9
+    assert isinstance(big, Layer) and big.type == "conv" and big.features["macs"] == 8 * 32 * 64 * 16 * 9
+    assert isinstance(depthwise, Layer) and depthwise.type == "dwconv"
+
+
+# --- predictor ---------------------------------------------------------------------------------
+
+
+def test_nnls_is_exact_and_non_negative() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, (50, 3))
+    b = a @ np.array([2.0, -1.0, 0.5])
+    x = nnls(a, b)
+    assert (x >= 0).all() and x[1] == 0
+    # Against a brute-force grid around the answer: nothing feasible does better.
+    loss = float(np.sum((a @ x - b) ** 2))
+    for d in rng.normal(0, 0.05, (200, 3)):
+        y = np.maximum(x + d, 0)
+        assert float(np.sum((a @ y - b) ** 2)) >= loss - 1e-9
+
+
+def test_predictor_recovers_a_synthetic_linear_truth() -> None:
+    rng = random.Random(3)
+    truth = (0.02, 8e-9, 3e-7, 1e-7, 6e-8)  # intercept, then macs, in, out, weight (conv features)
+    layers, latency = [], []
+    for _ in range(200):
+        cin, cout, h, k = (
+            rng.choice([16, 32, 64, 128, 256]),
+            rng.choice([16, 32, 64, 128, 256]),
+            rng.choice([4, 8, 16, 32]),
+            rng.choice([1, 3]),
+        )
+        feats = {
+            "macs": float(cout * h * h * cin * k * k),
+            "in_elems": float(cin * h * h),
+            "out_elems": float(cout * h * h),
+            "weight_elems": float(cout * cin * k * k),
+        }
+        layer = Layer("conv", feats)
+        ms = sum(c * v for c, v in zip(truth, layer.vector(), strict=True))
+        layers.append(layer)
+        latency.append(ms * (1 + rng.gauss(0, 0.01)))
+    model = fit_type("conv", layers, latency, holdout=0.25, seed=0)
+    for got, want in zip(model.coef, truth, strict=True):
+        assert got == pytest.approx(want, rel=0.15)
+    assert model.mape < 0.02 and model.n_test == 50
+
+
+def test_fit_file_round_trip(tmp_path: Path) -> None:
+    samples = [
+        (Layer("norm", {"elems": float(n), "per_thread": n / 2}), 0.01 + 2e-7 * n) for n in range(1000, 40000, 1000)
+    ]
+    predictor = fit(samples, node=node_identity())
+    path = tmp_path / "fit.json"
+    save_fit(path, predictor, {"validation": []})
+    loaded, data = load_fit(path)
+    assert data["schema"] == FIT_SCHEMA
+    assert loaded.node == predictor.node
+    assert loaded.types["norm"].coef == predictor.types["norm"].coef
+    probe = Layer("norm", {"elems": 5000.0, "per_thread": 2500.0})
+    assert loaded.predict_layer(probe) == pytest.approx(0.01 + 2e-7 * 5000, rel=1e-6)
+    assert loaded.predict_layer(Layer("concat", {})) == 0.0  # a type without samples is not priced
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
+    fit_file, prof, pred = tmp_path / "fit.json", tmp_path / "profile.json", tmp_path / "pred.json"
+    common = ["--threads", "1", "--reps", "3", "--warmup", "1", "--warmup-s", "0", "--measure-s", "0"]
+    proc = cascade("profile", "--fit", "--samples", "4", "--model", "device-small", "--json", str(fit_file), *common)
+    assert proc.returncode == 0, proc.stderr
+    assert "MAPE" in proc.stdout and "device-small" in proc.stdout
+    data = json.loads(fit_file.read_text())
+    assert data["schema"] == FIT_SCHEMA and set(data["types"]) == set(TYPES)
+    assert data["validation"][0]["model"] == "device-small" and data["node"]["torch_threads"] == 1
+    proc = cascade("profile", "--model", "device-small", "--batch", "1,2", "--json", str(prof), *common)
+    assert proc.returncode == 0, proc.stderr
+    assert load_profile(prof)["settings"]["batches"] == [1, 2]
+    proc = cascade(
+        "profile", "--predict", "--model", "device-small", "--fit-file", str(fit_file), "--profile", str(prof),
+        "--batch", "2", "--json", str(pred),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(pred.read_text())["batches"][0]["rows"]
+    assert [r["part"] for r in rows][-1] == "whole model" and len(rows) == 4 + 3 + 1
+    assert all(r["predicted_ms"] > 0 and math.isfinite(r["error"]) for r in rows)
+
+
+def _error_line(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run ``cascade ARGS`` in this process; the single ``cascade: error:`` line it printed (exit code 2)."""
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("cascade: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_cli_errors_exit_2_with_one_line() -> None:
+    proc = cascade("profile", "--model", "huge-net", "--json", "x.json")
+    assert_one_line_error(proc, "huge-net", "device-small", "zoo architecture")
+
+
+def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "x.json")
+    for bad in ("1,x", "0", "1,1", ""):
+        assert "--batch" in _error_line(capsys, "profile", "--model", "device-small", "--batch", bad, "--json", out)
+    assert "--json" in _error_line(capsys, "profile", "--model", "device-small")
+    assert "--fit and --predict" in _error_line(capsys, "profile", "--fit", "--predict", "--json", out)
+    assert "--threads" in _error_line(capsys, "profile", "--fit", "--threads", "0", "--json", out)
+    predict = ["profile", "--predict", "--model", "device-small", "--fit-file"]
+    line = _error_line(capsys, *predict, str(tmp_path / "none.json"))
+    assert "none.json" in line and "no such file" in line
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    line = _error_line(capsys, *predict, str(corrupt))
+    assert "corrupt.json" in line and "unreadable" in line
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"schema": "cascade-profile/1", "types": {}}))
+    assert "cascade-latency-fit/1" in _error_line(capsys, *predict, str(wrong))
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text(json.dumps({"schema": FIT_SCHEMA, "types": {"conv": {"features": ["intercept"]}}}))
+    assert "malformed" in _error_line(capsys, *predict, str(malformed))
+    fit_file = tmp_path / "fit.json"
+    save_fit(fit_file, Predictor({}, node_identity()), {})
+    profile_file = tmp_path / "profile.json"
+    profile_file.write_text(json.dumps({"schema": "cascade-profile/0", "stages": []}))
+    line = _error_line(capsys, *predict, str(fit_file), "--profile", str(profile_file))
+    assert "profile.json" in line and "cascade-profile/1" in line
+    with pytest.raises(UserError, match="lacks 'stages'"):
+        profile_file.write_text(json.dumps({"schema": PROFILE_SCHEMA, "node": {}, "model": {}, "settings": {}}))
+        load_profile(profile_file)
+
+
+def test_fit_predictor_matches_the_cli_split() -> None:
+    # The CLI's held-out flags must mark exactly the samples fit_type held out.
+    from agents.profiling.command import _holdout_flags
+
+    samples = [(Layer("norm", {"elems": float(i)}), 1.0) for i in range(20)] + [
+        (Layer("view", {"elems": float(i)}), 1.0) for i in range(8)
+    ]
+    flags = _holdout_flags(samples, 0.25, 0)
+    assert sum(flags[:20]) == 5 and sum(flags[20:]) == 2
+
+
+def test_cli_profile_help_does_not_import_torch() -> None:
+    code = "import sys; from agents.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "False", proc.stderr
