@@ -10,6 +10,7 @@ Duplicates (QoS 1 redelivery) are recognised by request id.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 import logging
@@ -404,6 +405,10 @@ class DeviceAgent(Agent):
                 self.cfg.broker.host,
                 self.cfg.broker.port,
             )
+        # Everything loaded so far (model, modules, config) lives for the whole run: keep the cyclic
+        # collector from walking it on every young-generation pass of the per-frame loop.
+        gc.collect()
+        gc.freeze()
         with torch.inference_mode():
             for frame in self._frames():
                 self._frames_seen += 1
