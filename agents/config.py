@@ -337,17 +337,23 @@ def format_errors(path: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; unreadable files, bad YAML or another shape are a UserError."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path) -> DeploymentConfig:
     """Read and validate a deployment file; any problem becomes a :class:`UserError` naming the key path."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        raise UserError(f"{p}: cannot read config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{p}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = read_yaml_mapping(p, "config")
     try:
         return DeploymentConfig.model_validate(raw)
     except ValidationError as exc:

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from agents.config import DeploymentConfig, DeviceConfig, Probability, Strict, format_errors
+from agents.config import DeploymentConfig, DeviceConfig, Probability, Strict, format_errors, read_yaml_mapping
 from agents.errors import UserError
 from agents.transport.activations import parse_codec
 
@@ -194,14 +193,7 @@ def grid_context(cfg: DeploymentConfig) -> GridContext:
 def load_grid(path: str | Path, ctx: GridContext) -> GridFile:
     """Read and validate a grid file; any problem becomes a :class:`UserError` naming the key path."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        raise UserError(f"{p}: cannot read the grid ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{p}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{p}: expected a mapping with 'frames' and 'grid' at the top level")
+    raw = read_yaml_mapping(p, "the grid")
     try:
         return GridFile.model_validate(raw, context=ctx)
     except ValidationError as exc:
