@@ -1,12 +1,13 @@
 """How repeatable ``cascade profile`` is: every stage of the shipped models measured twice in one run.
 
 Run: ``make bench`` or ``.venv/bin/python benchmarks/profile_repeatability.py``. With the
-profiler's own settings (at least 30 timed repetitions and 0.3 s of timing, after at least 5
-warm-up calls and 0.2 s of warm-up; channels-last input, batch 1), each model's stages are timed once, then all of them
-again; printed is the ratio of the two medians per stage, with one torch thread and with all
-cores. The target from the issue: the two medians within 10 % of each other on a quiet
-machine. The load average is printed too: other work on the machine moves the figures more
-than anything in the measurement.
+profiler's own settings (at least 30 timed repetitions and 0.3 s of timing after at least 5
+warm-up calls and 0.2 s of warm-up, split into 3 rounds that take turns across a model's
+stages, the median of the round medians kept; channels-last input, batch 1), each model's
+stages are timed once, then all of them again; printed is the ratio of the two medians per
+stage, with one torch thread and with all cores. The target from the issue: the two medians
+within 10 % of each other on a quiet machine. How many cores other processes kept busy is
+printed too: other work on the machine moves the figures more than anything in the measurement.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     models = {name: load_checkpoint(name)[0] for name in MODELS}
     deviations: list[float] = []
-    print(f"profile_repeatability (batch 1, median of >= {effort.reps} calls and {effort.measure_s} s)")
+    print(
+        f"profile_repeatability (batch 1, median of >= {effort.reps} calls and {effort.measure_s} s,"
+        f" in {effort.rounds} rounds)"
+    )
     print("  stage medians, first/second measurement, and their ratio")
     for threads in sorted({1, default_threads}):
         torch.set_num_threads(threads)

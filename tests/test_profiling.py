@@ -14,17 +14,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from agents.cli import main
 from agents.errors import UserError
+from agents.evaluation.latency import stage_latency
 from agents.models.zoo import build_model
 from agents.profiling.export import profile_points, write_points
 from agents.profiling.layers import TYPES, Layer, classify, record, record_stages
 from agents.profiling.loading import load_model
 from agents.profiling.node import NodeIdentity, cpu_model, node_identity
 from agents.profiling.predictor import FIT_SCHEMA, Predictor, TypeModel, fit, fit_type, load_fit, nnls, save_fit
-from agents.profiling.sampling import GENERATORS, measure, plan
+from agents.profiling.sampling import GENERATORS, measure, measure_all, plan
 from agents.profiling.stages import PROFILE_SCHEMA, Effort, load_profile, profile_model, save_profile
 from agents.telemetry.influx import InfluxTarget, influx_query
 from agents.telemetry.influxd import InfluxServer
@@ -168,6 +170,46 @@ def test_convolution_paths_are_told_apart() -> None:
     assert isinstance(small, Layer) and small.type == "conv.im2col" and small.features["weight_copy"] == 16 * 32 * 9
     assert isinstance(big, Layer) and big.type == "conv" and big.features["macs"] == 8 * 32 * 64 * 16 * 9
     assert isinstance(depthwise, Layer) and depthwise.type == "dwconv"
+
+
+def test_features_of_the_cheap_types() -> None:
+    def cl(*shape: int) -> torch.Tensor:
+        return torch.ones(*shape).contiguous(memory_format=torch.channels_last)
+
+    def one(fn: Any) -> Layer:
+        (layer,) = record(fn).layers
+        return layer
+
+    m, v = torch.zeros(2, 8, 1, 1), torch.zeros(2, 8)
+    flat, drop = one(lambda: torch.flatten(m, 1)), one(lambda: F.dropout(v, 0.2, False))
+    assert (flat.type, flat.features["dropout"], drop.type, drop.features["dropout"]) == ("view", 0.0, "view", 1.0)
+    x = cl(1, 40, 4, 4)  # 40 channels: one 32-float step and 8 left over, at each of 16 pixels
+    amax = one(lambda: torch.amax(x, dim=(2, 3)))
+    assert (amax.features["vector_steps"], amax.features["tail_elems"]) == (16.0, 128.0)
+    plain = torch.ones(1, 40, 4, 4)
+    assert one(lambda: torch.amax(plain, dim=(2, 3))).features["tail_elems"] == 0.0
+    y = x.clone()
+    relu, relu_, sig = one(lambda: F.relu(x)), one(lambda: F.relu(y, inplace=True)), one(lambda: torch.sigmoid(x))
+    assert (relu.features["allocates"], relu_.features["allocates"]) == (1.0, 0.0)
+    assert (sig.type, sig.features["exp_per_thread"], relu.features["exp_per_thread"]) == ("act.other", 640.0, 0.0)
+    parts = [cl(1, 8, 2, 2), cl(1, 24, 2, 2)]
+    cat = one(lambda: torch.cat(parts, 1))
+    # 4 pixels, 2 inputs; each copy sweeps the output's 2 cache lines (32 floats) per pixel.
+    assert cat.features == {"out_elems": 128.0, "inputs": 2.0, "chunks": 8.0, "per_thread": 128.0, "sweep_lines": 16.0}
+    u, w, b = torch.ones(2, 8), torch.ones(10, 8), torch.ones(10)
+    assert one(lambda: F.linear(u, w)).features["bias"] == 0.0
+    assert one(lambda: F.linear(u, w, b)).features["bias"] == 1.0
+
+
+def test_stages_in_rounds_and_layers_in_passes() -> None:
+    model = build_model("device-small").eval()
+    ticks: list[int] = []
+    rounds = stage_latency(model, 1, reps=3, warmup=1, exits=False, on_stage=lambda: ticks.append(1), rounds=3)
+    assert [s.stage for s in rounds] == [0, 1, 2, 3] and all(s.median_ms > 0 for s in rounds) and len(ticks) == 4
+    calls: list[int] = []
+    samples = measure_all([("view", 1), ("act.relu", 2)], reps=2, on_sample=lambda: calls.append(1), passes=2)
+    assert [s.layer.type for s in samples] == ["view", "act.relu"] and len(calls) == 4
+    assert all(len(s.calls_ms) >= 2 and s.median_ms > 0 for s in samples)
 
 
 # --- predictor ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ predictor (:mod:`agents.profiling`), so stages and layers are measured alike.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -76,13 +77,39 @@ def time_call(
     ``between``, when given, runs untimed before each timed call (to evict caches, say, so a layer
     is timed as cold as it runs inside a model rather than hot from its own previous call).
     """
+    samples = timed_calls(fn, reps, warmup, between, warmup_s, min_s)
+    return Timing(statistics.median(samples), p95(samples), len(samples))
+
+
+def timed_calls(
+    fn: Callable[[], object],
+    reps: int,
+    warmup: int,
+    between: Callable[[], object] | None = None,
+    warmup_s: float = 0.0,
+    min_s: float = 0.0,
+) -> list[float]:
+    """The milliseconds of each timed call of :func:`time_call` (same arguments), in order."""
     start = time.perf_counter()
     calls = 0
     while calls < warmup or (calls < 1000 and time.perf_counter() - start < warmup_s):
         fn()
         calls += 1
-    samples = _time_ms(fn, max(1, reps), between, min_s)
-    return Timing(statistics.median(samples), p95(samples), len(samples))
+    return _time_ms(fn, max(1, reps), between, min_s)
+
+
+#: A round of :func:`stage_latency` is measured again (at most :data:`ROUND_RETRIES` times) when other
+#: processes kept more than this many cores busy during it (``/proc/stat``, steal time included).
+BUSY_CORES = 0.5
+ROUND_RETRIES = 2
+
+
+def _busy_meter() -> Callable[[], float | None]:
+    """Starts a window; the callable gives how many cores other processes used in it (None off Linux)."""
+    from agents.profiling.node import OtherLoad  # the profiler's own meter; imported late (no cycle at import)
+
+    meter = OtherLoad()
+    return meter.cores
 
 
 @torch.inference_mode()
@@ -95,25 +122,60 @@ def stage_latency(
     on_stage: Callable[[], object] | None = None,
     warmup_s: float = 0.0,
     min_s: float = 0.0,
+    rounds: int = 1,
 ) -> list[StageLatency]:
     """Time every stage, each on the real activation of the previous one; with ``exits``, exit heads included.
 
     ``on_stage`` is called after each stage is timed (a progress bar's update).
+
+    With ``rounds`` > 1 (the profiler's way; ``cascade eval`` uses one), each stage is timed in that
+    many rounds that take turns with the other stages (stage 1, 2, …, then 1, 2, … again), each round
+    with a ``rounds``-th of ``reps`` and ``min_s`` after ``warmup`` calls (the first round also
+    ``warmup_s`` seconds, later ones a quarter of it), and the stage's median is the median of its
+    rounds' medians. A burst of noise on the host then spoils one round rather than the whole
+    measurement, and is outvoted. A round during which other processes kept more than
+    :data:`BUSY_CORES` cores busy is timed again (at most :data:`ROUND_RETRIES` times).
+    The p95 is over all timed calls of the kept rounds.
     """
     model.eval()
     x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
+    steps: list[Callable[[], torch.Tensor]] = []
     result = []
     for k in range(model.num_stages):
 
         def step(k: int = k, x: torch.Tensor = x) -> torch.Tensor:
             return model.run(x, k, k + 1, exits=exits).activation
 
-        t = time_call(step, reps, warmup, warmup_s=warmup_s, min_s=min_s)
-        result.append(StageLatency(k, batch, t.median_ms, t.p95_ms))
+        steps.append(step)
+        if rounds <= 1:
+            t = time_call(step, reps, warmup, warmup_s=warmup_s, min_s=min_s)
+            result.append(StageLatency(k, batch, t.median_ms, t.p95_ms))
+            if on_stage is not None:
+                on_stage()
         x = step()
-        if on_stage is not None:
-            on_stage()
-    return result
+    if rounds <= 1:
+        return result
+    medians: list[list[float]] = [[] for _ in steps]
+    pooled: list[list[float]] = [[] for _ in steps]
+    for r in range(rounds):
+        for k, call in enumerate(steps):
+            for attempt in range(ROUND_RETRIES + 1):
+                busy = _busy_meter()
+                samples = timed_calls(
+                    call,
+                    math.ceil(reps / rounds),
+                    warmup,
+                    warmup_s=warmup_s if r == 0 else warmup_s / 4,
+                    min_s=min_s / rounds,
+                )
+                others = busy()
+                if others is None or others <= BUSY_CORES or attempt == ROUND_RETRIES:
+                    break
+            medians[k].append(statistics.median(samples))
+            pooled[k] += samples
+            if r == rounds - 1 and on_stage is not None:
+                on_stage()
+    return [StageLatency(k, batch, statistics.median(medians[k]), p95(pooled[k])) for k in range(len(steps))]
 
 
 @torch.inference_mode()

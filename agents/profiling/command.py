@@ -167,7 +167,7 @@ def _fit(args: argparse.Namespace) -> int:
     during = OtherLoad()
     jobs = sampling.plan(args.samples, args.seed)
     measured: list[tuple[Layer, float]] = []
-    with _bar(len(jobs), "time layer shapes") as bar:
+    with _bar(len(jobs) * sampling.PASSES, "time layer shapes") as bar:
         for sample in sampling.measure_all(jobs, reps, on_sample=lambda: bar.update()):
             measured.append((sample.layer, sample.median_ms))
     predictor = fit(measured, HOLDOUT, args.seed, node)
@@ -184,6 +184,7 @@ def _fit(args: argparse.Namespace) -> int:
         "settings": {
             "samples_per_type": args.samples,
             "reps": reps,
+            "passes": sampling.PASSES,
             "warmup": 3,
             "holdout": HOLDOUT,
             "seed": args.seed,

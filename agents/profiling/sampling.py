@@ -10,15 +10,17 @@ code that reads a model's layers.
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.evaluation.latency import time_call
+from agents.evaluation.latency import time_call, timed_calls
 from agents.profiling.layers import TYPES, Layer, capture_one, conv_path
 
 Call = Callable[[], object]
@@ -215,13 +217,18 @@ GENERATORS: dict[str, Callable[[random.Random], Call]] = {
 }
 assert set(GENERATORS) | {"module"} == set(TYPES)
 
-#: Relative number of shapes per type: convolutions vary most and matter most.
+#: Relative number of shapes per type: convolutions vary most and matter most; concatenations
+#: and global max pooling have the most shape-dependent cost of the cheap types, and a type's
+#: held-out error over 15 shapes moves by several points from run to run, so they get more.
 WEIGHTS: dict[str, float] = {
     "conv": 3.0,
     "conv.im2col": 2.0,
     "dwconv": 1.5,
     "linear": 1.5,
-    "concat": 1.5,
+    "concat": 3.0,
+    "act.hardtanh": 1.5,
+    "gpool.amax": 2.0,
+    "view": 1.5,
     "module": 0.25,
 }
 
@@ -237,6 +244,7 @@ class Sample:
 
     layer: Layer
     median_ms: float
+    calls_ms: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
 
 def plan(samples_per_type: int, seed: int = 0) -> list[tuple[str, int]]:
@@ -300,16 +308,38 @@ def measure(
     with torch.inference_mode():
         first = time_call(call, reps=3, warmup=warmup)
         n = int(min(3 * reps, max(reps, budget_s * 1e3 / max(first.median_ms, 1e-6))))
-        timing = time_call(call, reps=n, warmup=0, between=flush)
-    return Sample(layer, timing.median_ms)
+        calls = timed_calls(call, reps=n, warmup=0, between=flush)
+    return Sample(layer, statistics.median(calls), tuple(calls))
+
+
+#: Each layer is timed in this many passes over the whole plan (the later ones in reverse order), each
+#: with a share of the repetitions; its median is over all of them. A few timings of a 5 µs layer
+#: span well under a millisecond, so one burst of noise on the host can shift them all; spread
+#: over passes seconds apart, it shifts one pass's share.
+PASSES = 2
 
 
 def measure_all(
-    jobs: list[tuple[str, int]], reps: int = 15, on_sample: Callable[[], object] | None = None
-) -> Iterator[Sample]:
-    """Measure every planned layer in turn, each timed after a cache flush."""
+    jobs: list[tuple[str, int]],
+    reps: int = 15,
+    on_sample: Callable[[], object] | None = None,
+    passes: int = PASSES,
+) -> list[Sample]:
+    """Measure every planned layer, each timed after a cache flush, in ``passes`` passes: one sample per job, in order.
+
+    ``on_sample`` is called after each layer of each pass (``passes * len(jobs)`` times).
+    """
     flush = CacheFlush()
-    for kind, seed in jobs:
-        yield measure(kind, seed, reps, flush=flush)
-        if on_sample is not None:
-            on_sample()
+    share = max(1, math.ceil(reps / max(1, passes)))
+    calls: list[list[float]] = [[] for _ in jobs]
+    layers: list[Layer | None] = [None] * len(jobs)
+    for p in range(max(1, passes)):
+        order = range(len(jobs)) if p % 2 == 0 else range(len(jobs) - 1, -1, -1)
+        for i in order:
+            kind, seed = jobs[i]
+            sample = measure(kind, seed, share, budget_s=0.05 / max(1, passes), flush=flush)
+            layers[i] = sample.layer
+            calls[i] += sample.calls_ms
+            if on_sample is not None:
+                on_sample()
+    return [Sample(layer, statistics.median(c), tuple(c)) for layer, c in zip(layers, calls, strict=True) if layer]

@@ -32,20 +32,31 @@ class Effort:
 
     The seconds matter for fast stages: 5 calls of a 50 µs stage do not settle it, and the median
     of 30 calls spans 1.5 ms, short enough for one burst of noise on the host to move it
-    (``benchmarks/profile_repeatability.py``).
+    (``benchmarks/profile_repeatability.py``). Stages are timed in ``rounds`` that take turns
+    (:func:`agents.evaluation.latency.stage_latency`): their median of round medians outvotes a
+    burst that spoils one round.
     """
 
     reps: int = 30
     warmup: int = 5
     warmup_s: float = 0.2
     measure_s: float = 0.3
+    rounds: int = 3
 
     def stages(
         self, model: StagedModel, batch: int, on_stage: Callable[[], object] | None = None
     ) -> list[StageLatency]:
-        """Each stage alone (no exit heads), on the real activation of the one before."""
+        """Each stage alone (no exit heads), on the real activation of the one before, in rounds taking turns."""
         return stage_latency(
-            model, batch, self.reps, self.warmup, False, on_stage, warmup_s=self.warmup_s, min_s=self.measure_s
+            model,
+            batch,
+            self.reps,
+            self.warmup,
+            False,
+            on_stage,
+            warmup_s=self.warmup_s,
+            min_s=self.measure_s,
+            rounds=self.rounds,
         )
 
     def exits(
@@ -138,6 +149,7 @@ def profile_model(
             "warmup": effort.warmup,
             "warmup_s": effort.warmup_s,
             "measure_s": effort.measure_s,
+            "rounds": effort.rounds,
             "dtype": "float32",
             "memory_format": "channels_last",
             "other_cores_before": before,
