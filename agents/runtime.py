@@ -208,6 +208,7 @@ class Agent:
             on_estimate=self._clock_estimate,
             samples=ccfg.samples,
             interval_s=ccfg.interval_s,
+            ready=self.link.wait_connected,
         )
         self.clock.start()
 
@@ -227,6 +228,7 @@ class Agent:
             messages=bcfg.messages,
             size=bcfg.bytes,
             interval_s=bcfg.interval_s,
+            ready=self.link.wait_connected,
         )
         self.bandwidth.start()
 

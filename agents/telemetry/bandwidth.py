@@ -127,8 +127,10 @@ class BandwidthProbe:
         messages: int = 4,
         size: int = 16384,
         interval_s: float = 30.0,
+        ready: Callable[[float], bool] | None = None,
     ) -> None:
         self.publish = publish
+        self.ready = ready  # waits up to N s for the broker link (QoS 0 sent while disconnected is lost)
         self.topic = topic
         self.reply_topic = reply_topic
         self.agent_id = agent_id
@@ -197,6 +199,8 @@ class BandwidthProbe:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self.ready is not None and not self.ready(1.0):
+                continue
             try:
                 self.send_train()
             except Exception:  # a failed train must not end probing for the agent's lifetime

@@ -94,6 +94,7 @@ class ClockSync:
         interval_s: float = 30.0,
         spacing_s: float = 0.05,
         history_rounds: int = 8,
+        ready: Callable[[float], bool] | None = None,
     ) -> None:
         self.publish = publish
         self.ping_topics = ping_topics  # tier -> its clock topic
@@ -112,6 +113,7 @@ class ClockSync:
         # round whose every sample queued behind traffic (a busy link) does not pull the offset away.
         self._history: dict[str, deque[ClockEstimate]] = {}
         self.history_rounds = history_rounds
+        self.ready = ready  # waits up to N s for the broker link (QoS 0 sent while disconnected is lost)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clock-sync", daemon=True)
         self.rejected = 0
@@ -187,6 +189,8 @@ class ClockSync:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self.ready is not None and not self.ready(1.0):
+                continue
             try:
                 for est in self.run_round():
                     self.on_estimate(est)
