@@ -217,6 +217,7 @@ def _run_pipeline(tmp: Path, broker: BrokerProcess, watcher: Watcher, influx: In
             "influx": {"url": influx.url, "database": DB, "flush_s": 0.5},
             "health_s": 1,
             "clock": {"interval_s": 2},
+            "bandwidth": {"interval_s": 2},  # several trains in the run, as clock rounds
         },
     )
     tiers = [spawn(tmp, tier, "--config", str(cfg), "--id", f"{tier}-1", name=tier) for tier in ("cloud", "edge")]
