@@ -38,9 +38,29 @@ def test_roundtrip_error_bounds(activation: torch.Tensor, codec: str) -> None:
     elif codec.startswith("fp16"):
         assert err <= float(activation.abs().max()) * 2**-10
     else:
-        assert err <= span / 255 * 0.5 + 1e-6  # half a quantisation step
+        assert err <= span / 254 * 0.5 + 1e-6  # half a quantisation step (the range spans 254 of them)
     raw = activation.numel() * {"fp32": 4, "fp16": 2, "int8": 1, "int8-channel": 1}[parse_codec(codec).format]
     assert (nbytes < raw) if "+zlib" in codec else (nbytes == raw)
+
+
+@pytest.mark.parametrize("codec", ["int8", "int8-channel"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_int8_per_channel_bounds_in_either_layout(activation: torch.Tensor, codec: str, channels_last: bool) -> None:
+    # Channel c of sample n scaled by c + 1 and shifted below zero: every channel gets its own range,
+    # so a per-channel parameter applied to the wrong channel shows as an error far above half a step.
+    c = activation.shape[1]
+    x = (activation * torch.arange(1, c + 1).reshape(1, -1, 1, 1) - torch.arange(c).reshape(1, -1, 1, 1)).repeat(
+        2, 1, 1, 1
+    )
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    header, payload = encode_activation(x, codec)
+    assert ("layout" in header) == channels_last
+    y = decode_activation(Envelope({"id": "r", **header}, payload), tuple(x.shape))
+    assert y.shape == x.shape and y.dtype == torch.float32
+    steps = torch.tensor(header["scale"]).reshape(1, -1, 1, 1)  # one scale, or one per channel
+    assert bool(((y - x).abs() <= steps / 2 + 1e-5).all())
+    q = torch.frombuffer(bytearray(payload), dtype=torch.int8)
+    assert int(q.min()) == -128 and int(q.max()) >= 126  # the range is used, end to end
 
 
 def test_per_channel_is_finer_than_per_tensor(activation: torch.Tensor) -> None:

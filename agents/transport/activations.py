@@ -17,6 +17,10 @@ and zero point and the byte counts before allocating anything, and decompresses
 with a bound equal to the announced size, so a hostile payload cannot make the
 receiver allocate more than the shape allows. Every failure is a
 :class:`~agents.transport.envelope.MessageError`.
+
+The int8 arithmetic runs in numpy, a few whole-array passes per side: at these sizes
+(6–25 k values a frame) each torch call's fixed cost is as large as its work, and
+numpy's reductions are vectorised (``benchmarks/split_codec`` times it).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -68,11 +72,23 @@ def all_codecs() -> list[str]:
     return [*FORMATS, *(f"{f}+{c}" for c in COMPRESSORS for f in FORMATS)]
 
 
-def _affine(lo: float, hi: float) -> tuple[float, int]:
-    """Scale and zero point mapping ``[min(lo, 0), max(hi, 0)]`` onto -128..127 (zero exactly representable)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max((hi - lo) / 255.0, 1e-12)
-    return scale, int(min(127, max(-128, round(-128.0 - lo / scale))))
+_Params = TypeVar("_Params", float, np.ndarray)
+
+
+def _affine(lo: _Params, hi: _Params) -> tuple[_Params, _Params]:
+    """Scale and zero point mapping ``[lo, hi]``, which holds 0, into -128..127: per tensor (floats) or per channel.
+
+    0 is exactly representable. The range spans 254 steps, not 255: rounding the zero
+    point moves values by at most half a step, so ``x / scale + zero_point`` stays within
+    -128.5..126.5 and the encoder needs no clamping pass. The zero point lands in -128..126.
+    Written with operators so Python floats stay floats: numpy's 0-d arithmetic would cost
+    more than the per-tensor encoding itself.
+    """
+    span = hi - lo  # NaN or infinite when either end is
+    if not np.isfinite(span).all():
+        raise ValueError("the activation holds NaN or infinite values, which int8 cannot encode")
+    scale = span / 254.0 + 1e-12  # > 0 for a constant-zero activation too
+    return scale, np.rint(-128.0 - lo / scale)
 
 
 def activation_bytes(shape: tuple[int, ...], codec: str | Codec) -> int:
@@ -81,25 +97,55 @@ def activation_bytes(shape: tuple[int, ...], codec: str | Codec) -> int:
     return math.prod(shape) * np.dtype(_WIRE_DTYPE[c.format]).itemsize
 
 
-def _quantize(x: Tensor, channel_dim: int | None) -> tuple[Tensor, list[float], list[int]]:
-    """Affine int8 per tensor (``channel_dim`` None) or per channel along ``channel_dim``."""
-    if channel_dim is None:
-        lo, hi = torch.aminmax(x)
-        scale, zero = _affine(float(lo), float(hi))
-        # Python scalars: each 1-element tensor op would cost as much as the whole chain.
-        q = (x * (1.0 / scale)).round_().add_(zero)
-        return q.clamp_(-128, 127).to(torch.int8), [scale], [zero]
-    # Channels as the last axis of a 2-d view: one reduction pass, then the same affine map as vectors.
-    c = x.shape[channel_dim]
-    rows = x.reshape(-1, c) if channel_dim == x.dim() - 1 else x.transpose(channel_dim, -1).reshape(-1, c)
-    lo_c, hi_c = torch.aminmax(rows, dim=0)
-    lo_c, hi_c = lo_c.clamp(max=0.0), hi_c.clamp(min=0.0)
-    scales = ((hi_c - lo_c) / 255.0).clamp_(min=1e-12)
-    zeros = (-128.0 - lo_c / scales).round_().clamp_(-128, 127)
-    view = [1] * x.dim()
-    view[channel_dim] = -1
-    q = (x / scales.reshape(view)).round_().add_(zeros.reshape(view))
-    return q.clamp_(-128, 127).to(torch.int8), scales.tolist(), [int(z) for z in zeros.tolist()]
+def _to_int8(values: np.ndarray, inv_scale: np.ndarray | np.float32, zero: np.ndarray | np.float32) -> np.ndarray:
+    """``round(values * inv_scale + zero)`` as int8, in four vectorised passes.
+
+    The sum plus 128.5 lies in 0..255.5 (see :func:`_affine`): truncating it to uint8
+    rounds it, and flipping the top bit maps 0..255 onto the int8 values -128..127.
+    """
+    u = values * inv_scale
+    u += zero + np.float32(128.5)
+    q = u.astype(np.uint8)
+    q ^= 0x80
+    return q.view(np.int8)
+
+
+def _channel_rows(a: np.ndarray, channels_last: bool) -> tuple[np.ndarray, int]:
+    """``a`` viewed so per-channel work runs along long contiguous rows, and the channel repeat per row.
+
+    numpy is fast along long inner loops and slow along a 24-element one. Channels last:
+    rows of ``k`` pixels × C channels (``k`` a power of two dividing the pixel count, at
+    most 64), so C parameters tiled ``k`` times line up with every row. Channels first:
+    ``(N, C, pixels)``, the parameters as a ``(C, 1)`` column (``k`` is 0).
+    """
+    if channels_last:
+        c = a.shape[-1]
+        k = math.gcd(a.size // c, 64)
+        return a.reshape(-1, k * c), k
+    return a.reshape(a.shape[0], a.shape[1], -1), 0
+
+
+def _spread(per_channel: np.ndarray, k: int) -> np.ndarray:
+    """Per-channel parameters shaped to broadcast against :func:`_channel_rows`' view."""
+    return per_channel[None].repeat(k, 0).reshape(-1) if k else per_channel.reshape(-1, 1)
+
+
+def _quantize(a: np.ndarray, channels_last: bool | None) -> tuple[np.ndarray, list[float], list[int]]:
+    """Affine int8 per tensor (``channels_last`` None) or per channel (the last axis, or axis 1)."""
+    # initial=0: the range always holds zero, at no extra pass.
+    if channels_last is None:
+        s, z = _affine(float(a.min(initial=0.0)), float(a.max(initial=0.0)))
+        return _to_int8(a, np.float32(1.0 / s), np.float32(z)), [s], [int(z)]
+    rows, k = _channel_rows(a, channels_last)
+    if k:  # fold the k pixels of each row after reducing down the rows
+        c = a.shape[-1]
+        lo = np.minimum.reduce(rows, axis=0, initial=0.0).reshape(k, c).min(axis=0)
+        hi = np.maximum.reduce(rows, axis=0, initial=0.0).reshape(k, c).max(axis=0)
+    else:
+        lo, hi = rows.min(axis=(0, 2), initial=0.0), rows.max(axis=(0, 2), initial=0.0)
+    scale, zero = _affine(lo.astype(np.float64), hi.astype(np.float64))
+    q = _to_int8(rows, _spread((1.0 / scale).astype(np.float32), k), _spread(zero.astype(np.float32), k))
+    return q, scale.tolist(), [int(z) for z in zero.tolist()]
 
 
 def encode_activation(x: Tensor, codec: str | Codec) -> tuple[dict[str, Any], bytes]:
@@ -114,17 +160,17 @@ def encode_activation(x: Tensor, codec: str | Codec) -> tuple[dict[str, Any], by
     x = x.detach().float()
     header: dict[str, Any] = {"encoding": "activation", "codec": c.name, "shape": list(x.shape)}
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        wire, channel_dim = x.permute(0, 2, 3, 1), 3  # contiguous: a view, no copy
+        wire, channels_last = x.permute(0, 2, 3, 1), True  # contiguous: a view, no copy
         header["layout"] = "nhwc"
     else:
-        wire, channel_dim = x.contiguous(), 1
+        wire, channels_last = x.contiguous(), False
     if c.format == "fp32":
         raw = wire.numpy().tobytes()
     elif c.format == "fp16":
         raw = wire.half().numpy().tobytes()
     else:
-        q, scale, zero = _quantize(wire, channel_dim if c.format == "int8-channel" else None)
-        raw = q.numpy().tobytes()
+        q, scale, zero = _quantize(wire.numpy(), channels_last if c.format == "int8-channel" else None)
+        raw = q.tobytes()
         header["scale"] = scale
         header["zero_point"] = zero
     # zlib level 1: most of the gain for a fraction of the time.
@@ -175,29 +221,40 @@ def decode_activation(envelope: Envelope, expected_shape: tuple[int, ...]) -> Te
     if layout not in ("nchw", "nhwc") or (layout == "nhwc" and len(shape) != 4):
         raise MessageError("shape", f"activation layout {layout!r} must be nchw, or nhwc for 4-d activations")
     raw = _decompress(envelope.payload, c.compress, expected_bytes)
-    # bytearray: a writable copy torch can wrap; torch converts fp16 in hardware, numpy does not.
-    flat = torch.frombuffer(bytearray(raw), dtype=_TORCH_DTYPE[c.format])
+    if c.format in ("fp32", "fp16"):
+        # bytearray: a writable copy torch can wrap; torch converts fp16 in hardware, numpy does not.
+        flat = torch.frombuffer(bytearray(raw), dtype=_TORCH_DTYPE[c.format]).float()
+    else:
+        flat = torch.from_numpy(_dequantize(h, np.frombuffer(raw, dtype=np.int8), shape, layout, c.format))
     if layout == "nhwc":  # back to logical NCHW as a channels-last view: no copy, and what the model prefers
         n, ch, hh, ww = shape
-        values = flat.reshape(n, hh, ww, ch).permute(0, 3, 1, 2)
-    else:
-        values = flat.reshape(shape)
-    if c.format in ("fp32", "fp16"):
-        return values.float()
-    channels = shape[1] if c.format == "int8-channel" and len(shape) > 1 else 1
+        return flat.reshape(n, hh, ww, ch).permute(0, 3, 1, 2)
+    return flat.reshape(shape)
+
+
+def _dequantize(h: dict[str, Any], q: np.ndarray, shape: list[int], layout: str, fmt: str) -> np.ndarray:
+    """``(q - zero_point) * scale`` as float32 in wire order, the header's parameters checked first."""
+    channels = shape[1] if fmt == "int8-channel" and len(shape) > 1 else 1
     scale = _params(h, "scale", channels)
     zero = _params(h, "zero_point", channels)
     bad = "int8 scale must be finite and positive, zero point within -128..127"
-    if channels == 1:  # Python scalars: a handful of 1-element tensor ops would cost more than the data
+    if channels == 1:
         s0, z0 = float(scale[0]), float(zero[0])
         if not (math.isfinite(s0) and s0 > 0 and -128 <= z0 <= 127):
             raise MessageError("payload", bad)
-        return values.float().sub_(z0).mul_(s0)
-    st, zt = torch.tensor(scale, dtype=torch.float32), torch.tensor(zero, dtype=torch.float32)
-    if not (torch.isfinite(st).all() and (st > 0).all() and (zt >= -128).all() and (zt <= 127).all()):
+        out = q.astype(np.float32)
+        out -= np.float32(z0)
+        out *= np.float32(s0)
+        return out
+    st, zt = np.asarray(scale, dtype=np.float64), np.asarray(zero, dtype=np.float64)
+    if not (np.isfinite(st).all() and (st > 0).all() and (zt >= -128).all() and (zt <= 127).all()):
         raise MessageError("payload", bad)
-    view = (1, -1, *([1] * (len(shape) - 2)))
-    return values.float().sub_(zt.reshape(view)).mul_(st.reshape(view))
+    wire_shape = (shape[0], shape[2], shape[3], shape[1]) if layout == "nhwc" else tuple(shape)
+    rows, k = _channel_rows(q.reshape(wire_shape), layout == "nhwc")
+    out = rows.astype(np.float32)
+    out -= _spread(zt.astype(np.float32), k)
+    out *= _spread(st.astype(np.float32), k)
+    return out.reshape(-1)
 
 
 def _params(header: dict[str, Any], key: str, n: int) -> list[float]:
@@ -205,7 +262,7 @@ def _params(header: dict[str, Any], key: str, n: int) -> list[float]:
     if (
         not isinstance(value, list)
         or len(value) != n
-        or not all(type(v) in (int, float) for v in value)  # bool is not a number here
+        or not set(map(type, value)) <= {int, float}  # bool is not a number here
     ):
         raise MessageError("payload", f"int8 activation needs {n} numeric {key} value(s), got {value!r}")
     return value
