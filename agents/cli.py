@@ -92,6 +92,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return run_report(args)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from agents.status import run_status
+
+    return run_status(args)
+
+
 def _cmd_link(args: argparse.Namespace) -> int:
     from agents.link.command import run_link
 
@@ -238,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a deployment YAML and exit (usable as ExecStartPre=)")
     p.add_argument("file", help="deployment YAML")
     p.set_defaults(handler=_cmd_check_config)
+
+    p = sub.add_parser("status", help="every agent of a deployment: availability and live counters, from the broker")
+    p.add_argument("--config", required=True, help="deployment YAML (its broker and deployment name)")
+    p.add_argument("--once", action="store_true", help="print one table after --wait seconds and exit")
+    p.add_argument("--json", help="with --once: the rows as JSON to this file ('-': stdout)")
+    p.add_argument("--wait", type=float, default=3.0, help="seconds to connect, and with --once to listen (default 3)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between live refreshes (default 1)")
+    p.add_argument("--stale", type=float, default=5.0, help="seconds without health before an agent shows as stale")
+    p.set_defaults(handler=_cmd_status)
     return parser
 
 

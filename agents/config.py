@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agents.errors import UserError
-from agents.transport.activations import parse_codec
+from agents.transport.codecs import parse_codec
+from agents.transport.mqtt import LinkSettings
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -358,3 +359,25 @@ def load_config(path: str | Path) -> DeploymentConfig:
         return DeploymentConfig.model_validate(raw)
     except ValidationError as exc:
         raise UserError(format_errors(p, exc)) from None
+
+
+def link_settings(cfg: DeploymentConfig, via: str | None = None) -> LinkSettings:
+    """Broker settings for paho, the password taken from the environment or a systemd credential.
+
+    ``via`` (HOST:PORT) replaces the broker's address: a ``cascade link`` in between.
+    """
+    b = cfg.broker
+    host, port = (via.rsplit(":", 1)[0], int(via.rsplit(":", 1)[1])) if via else (b.host, b.port)
+    return LinkSettings(
+        host=host,
+        port=port,
+        keepalive=b.keepalive_s,
+        protocol=5 if b.protocol == "5" else 4,
+        # One YAML serves every node; each node's own account comes from its environment.
+        username=os.environ.get("CASCADE_MQTT_USERNAME") or b.username,
+        password=b.password(),
+        tls_ca=str(b.tls.ca_file) if b.tls else None,
+        tls_cert=str(b.tls.cert_file) if b.tls and b.tls.cert_file else None,
+        tls_key=str(b.tls.key_file) if b.tls and b.tls.key_file else None,
+        tls_insecure=bool(b.tls and b.tls.insecure),
+    )

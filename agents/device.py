@@ -32,7 +32,8 @@ from agents.models.stats import model_stats
 from agents.records import FrameRecord, RecordWriter
 from agents.runtime import Agent, CalibratedModel, exit_thresholds
 from agents.sources.base import Frame, open_source, paced
-from agents.transport.activations import activation_bytes, encode_activation
+from agents.transport.activations import encode_activation
+from agents.transport.codecs import activation_bytes
 from agents.transport.envelope import Envelope, MessageError, encode
 from agents.transport.images import decode_frame, encode_image
 

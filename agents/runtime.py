@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents.config import DeploymentConfig
+from agents.config import DeploymentConfig, link_settings
 from agents.cpulimit import CpuLimits
 from agents.errors import UserError
 from agents.models.checkpoint import file_digest, load_checkpoint, temperatures
@@ -23,32 +23,10 @@ from agents.telemetry.clock import ClockEstimate, ClockSync, pong
 from agents.telemetry.recorder import AgentTelemetry, config_digest
 from agents.transport.chunks import Reassembler, split_message
 from agents.transport.envelope import REJECT_KINDS, Envelope, MessageError, decode
-from agents.transport.mqtt import LinkSettings, MessageHandler, MqttLink
+from agents.transport.mqtt import MessageHandler, MqttLink
 from agents.transport.topics import Topics
 
 log = logging.getLogger(__name__)
-
-
-def link_settings(cfg: DeploymentConfig, via: str | None = None) -> LinkSettings:
-    """Broker settings for paho, the password taken from the environment or a systemd credential.
-
-    ``via`` (HOST:PORT) replaces the broker's address: a ``cascade link`` in between.
-    """
-    b = cfg.broker
-    host, port = (via.rsplit(":", 1)[0], int(via.rsplit(":", 1)[1])) if via else (b.host, b.port)
-    return LinkSettings(
-        host=host,
-        port=port,
-        keepalive=b.keepalive_s,
-        protocol=5 if b.protocol == "5" else 4,
-        # One YAML serves every node; each node's own account comes from its environment.
-        username=os.environ.get("CASCADE_MQTT_USERNAME") or b.username,
-        password=b.password(),
-        tls_ca=str(b.tls.ca_file) if b.tls else None,
-        tls_cert=str(b.tls.cert_file) if b.tls and b.tls.cert_file else None,
-        tls_key=str(b.tls.key_file) if b.tls and b.tls.key_file else None,
-        tls_insecure=bool(b.tls and b.tls.insecure),
-    )
 
 
 def exit_thresholds(threshold: float | list[float], num_exits: int, what: str) -> list[float]:

@@ -16,7 +16,8 @@ import torch
 from agents.datasets import SAMPLE_TAR, load_image_set
 from agents.models.checkpoint import load_checkpoint
 from agents.models.inputs import to_input
-from agents.transport.activations import all_codecs, decode_activation, encode_activation
+from agents.transport.activations import decode_activation, encode_activation
+from agents.transport.codecs import all_codecs
 from agents.transport.envelope import Envelope
 
 FRAMES = 300

@@ -22,7 +22,8 @@ from agents.models.checkpoint import load_checkpoint
 from agents.models.inputs import to_input
 from agents.models.staged import StagedModel
 from agents.models.stats import model_stats
-from agents.transport.activations import all_codecs, decode_activation, encode_activation, parse_codec
+from agents.transport.activations import decode_activation, encode_activation
+from agents.transport.codecs import all_codecs, parse_codec
 from agents.transport.envelope import Envelope
 from agents.transport.images import encode_image
 

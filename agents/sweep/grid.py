@@ -30,7 +30,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from agents.config import DeploymentConfig, DeviceConfig, Probability, Strict, format_errors, read_yaml_mapping
 from agents.errors import UserError
-from agents.transport.activations import parse_codec
+from agents.transport.codecs import parse_codec
 
 
 @dataclass(frozen=True)

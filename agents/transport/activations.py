@@ -27,49 +27,17 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from agents.transport.codecs import WIRE_DTYPE, Codec, parse_codec
 from agents.transport.envelope import Envelope, MessageError
 
-FORMATS = ("fp32", "fp16", "int8", "int8-channel")
-COMPRESSORS = ("zlib",)
-_WIRE_DTYPE = {"fp32": "float32", "fp16": "float16", "int8": "int8", "int8-channel": "int8"}
 _TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8, "int8-channel": torch.int8}
 MAX_ACTIVATION_ELEMENTS = 64 * 1024 * 1024  # 256 MB of fp32: far above any split point, bounds allocation
-
-
-@dataclass(frozen=True)
-class Codec:
-    """A parsed codec name."""
-
-    format: str
-    compress: str | None = None
-
-    @property
-    def name(self) -> str:
-        """The codec's name as written in configs, headers and reports."""
-        return self.format + (f"+{self.compress}" if self.compress else "")
-
-
-def parse_codec(name: str) -> Codec:
-    """``"int8+zlib"`` to a :class:`Codec`; ``ValueError`` naming the valid choices otherwise."""
-    fmt, _, comp = name.partition("+")
-    if fmt not in FORMATS or (comp and comp not in COMPRESSORS):
-        raise ValueError(
-            f"unknown activation codec {name!r}: expected one of {', '.join(FORMATS)}, "
-            f"optionally followed by +{' or +'.join(COMPRESSORS)} (e.g. int8+zlib)"
-        )
-    return Codec(fmt, comp or None)
-
-
-def all_codecs() -> list[str]:
-    """Every codec name, uncompressed ones first."""
-    return [*FORMATS, *(f"{f}+{c}" for c in COMPRESSORS for f in FORMATS)]
 
 
 _Params = TypeVar("_Params", float, np.ndarray)
@@ -89,12 +57,6 @@ def _affine(lo: _Params, hi: _Params) -> tuple[_Params, _Params]:
         raise ValueError("the activation holds NaN or infinite values, which int8 cannot encode")
     scale = span / 254.0 + 1e-12  # > 0 for a constant-zero activation too
     return scale, np.rint(-128.0 - lo / scale)
-
-
-def activation_bytes(shape: tuple[int, ...], codec: str | Codec) -> int:
-    """Payload bytes of one activation of ``shape`` (without batch) before compression: the most a codec sends."""
-    c = parse_codec(codec) if isinstance(codec, str) else codec
-    return math.prod(shape) * np.dtype(_WIRE_DTYPE[c.format]).itemsize
 
 
 def _to_int8(values: np.ndarray, inv_scale: np.ndarray | np.float32, zero: np.ndarray | np.float32) -> np.ndarray:
@@ -211,7 +173,7 @@ def decode_activation(envelope: Envelope, expected_shape: tuple[int, ...]) -> Te
     count = math.prod(shape)
     if count > MAX_ACTIVATION_ELEMENTS:
         raise MessageError("oversized", f"activation of {count} elements exceeds {MAX_ACTIVATION_ELEMENTS}")
-    wire = np.dtype(_WIRE_DTYPE[c.format])
+    wire = np.dtype(WIRE_DTYPE[c.format])
     expected_bytes = count * wire.itemsize
     if h.get("raw_nbytes", expected_bytes) != expected_bytes:
         raise MessageError(
