@@ -141,7 +141,8 @@ def run_demo(args: argparse.Namespace) -> int:
         device = cfg.devices[0]
         print(
             f"{broker.kind} on 127.0.0.1:{broker.port}; {', '.join(tiers)} online; device {device.id} starts "
-            f"({args.frames} frames, threshold {device.threshold})",
+            f"({args.frames} frames, threshold {device.threshold}); in another terminal: "
+            f"cascade status --config {cfg_path}",
             flush=True,
         )
         procs["device"] = spawn_agent(
