@@ -173,10 +173,14 @@ def run_status(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     link.start()
     try:
         if not link.wait_connected(args.wait):
+            account = f"account from CASCADE_MQTT_USERNAME or broker.username, password from {cfg.broker.password_env}"
+            if link.refusal:
+                raise UserError(
+                    f"the broker at {settings.host}:{settings.port} refused the connection: {link.refusal} ({account})"
+                )
             raise UserError(
                 f"cannot reach the broker at {settings.host}:{settings.port} within {args.wait:g} s "
-                f"(broker in {args.config}; account from CASCADE_MQTT_USERNAME or broker.username, "
-                f"password from {cfg.broker.password_env})"
+                f"(broker in {args.config}; {account}; TLS from broker.tls)"
             )
         # Retained statuses arrive at once, health within a second: a first table drawn
         # before then would show nothing.

@@ -62,6 +62,7 @@ class MqttLink:
         self.status_topic = status_topic
         self.connected = threading.Event()
         self.connects = 0
+        self.refusal: str | None = None  # the broker's reason, when it refused the last attempt
         self._closing = False
         self._subscriptions: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -148,8 +149,10 @@ class MqttLink:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if getattr(reason, "is_failure", False):
+            self.refusal = str(reason)
             log.error("broker refused the connection: %s", reason)
             return
+        self.refusal = None
         self.connects += 1
         with self._lock:
             subs = list(self._subscriptions.items())
