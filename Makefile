@@ -10,11 +10,13 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 venv: $(STAMP)
 
-# Services the tests start themselves on free loopback ports: mosquitto and influxd (InfluxDB 1.x).
+# Services the tests start themselves on free loopback ports: mosquitto and influxd (InfluxDB 1.x);
+# openssl makes the throwaway CA for the TLS broker test.
 system-deps:
 	@need=""; \
 	  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need="$$need mosquitto"; \
 	  command -v influxd >/dev/null || [ -x /usr/bin/influxd ] || need="$$need influxdb"; \
+	  command -v openssl >/dev/null || need="$$need openssl"; \
 	  [ -z "$$need" ] || { $(SUDO) apt-get update -qq && \
 	    $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; }
 
