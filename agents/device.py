@@ -34,7 +34,7 @@ from agents.runtime import Agent, CalibratedModel, exit_thresholds
 from agents.sources.base import Frame, open_source, paced
 from agents.transport.activations import encode_activation
 from agents.transport.codecs import activation_bytes
-from agents.transport.envelope import Envelope, MessageError, encode
+from agents.transport.envelope import Envelope, MessageError, Payload, encode
 from agents.transport.images import decode_frame, encode_image
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,7 @@ class DeviceAgent(Agent):
             record.stamps["device_end"] = self.now_ns()
             self._finish(record, "local")
             return
+        payload: Payload
         if self.split is None:
             header, payload = encode_image(frame.image, self.dcfg.encoding, self.dcfg.jpeg_quality)
         else:
@@ -247,7 +248,7 @@ class DeviceAgent(Agent):
             tier = self.cfg.tiers[tier].forward_to
         return chain
 
-    def _split_payload(self, act: torch.Tensor, frame: Frame) -> tuple[dict[str, Any], bytes]:
+    def _split_payload(self, act: torch.Tensor, frame: Frame) -> tuple[dict[str, Any], Payload]:
         """Header fields and bytes of a split request: the activation, and the frame when the tier may need it."""
         header, payload = encode_activation(act, self.dcfg.codec)
         header.update(model=self.net.name, model_digest=self.net.digest, split=self.split)
@@ -255,7 +256,7 @@ class DeviceAgent(Agent):
             encoding = "png" if self.dcfg.encoding == "raw" else self.dcfg.encoding  # raw has no room for its shape
             _, frame_bytes = encode_image(frame.image, encoding, self.dcfg.jpeg_quality)
             header.update(frame_encoding=encoding, frame_nbytes=len(frame_bytes))
-            payload += frame_bytes
+            payload = b"".join((payload, frame_bytes))
         return header, payload
 
     def _finish_locally(self, pending: Pending) -> None:

@@ -32,7 +32,7 @@ from agents.models.inputs import to_input
 from agents.models.stats import model_stats
 from agents.runtime import Agent, CalibratedModel, exit_thresholds
 from agents.transport.activations import decode_activation, encode_activation
-from agents.transport.envelope import Envelope, MessageError, encode
+from agents.transport.envelope import Envelope, MessageError, Payload, encode
 from agents.transport.images import decode_frame
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Item:
     env: Envelope
     data: Any  # np.ndarray (frame) or torch.Tensor (activation)
     key: tuple[str, int] | None = None  # (device model name, split point); None: a frame for this tier's model
-    frame: bytes = b""  # the device's original frame, attached for a forward: frame onward path
+    frame: Payload = b""  # the device's original frame, attached for a forward: frame onward path
 
 
 class TierAgent(Agent):
@@ -240,7 +240,7 @@ class TierAgent(Agent):
                 header, payload = encode_activation(activation[j : j + 1], str(env.header["codec"]))
                 onward = Envelope(
                     {**_without_tensor_fields(env.header), **header, "split": sn.end, "frame_nbytes": len(item.frame)},
-                    payload + item.frame,
+                    b"".join((payload, item.frame)),
                     stamps=env.stamps,
                 )
                 self._forward(onward)

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +161,9 @@ def load_image_set(path: str | Path, use_cache: bool = True) -> ImageSet:
         result = _load_cifar_root(p) or _decode_all(iter_folder(p), str(p))
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
+        # A name of its own per process: agents started together on a cold cache each decode
+        # and write, and a shared temporary name made all but the first rename fail.
+        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
         np.savez(tmp, images=result.images, labels=result.labels, classes=np.array(result.classes))
         tmp.replace(cached)
     return result

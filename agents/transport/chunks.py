@@ -16,7 +16,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 
-from agents.transport.envelope import Envelope, MessageError, encode
+from agents.transport.envelope import Envelope, MessageError, Payload, encode
 
 
 def split_message(wire: bytes, message_id: str, chunk_bytes: int) -> list[bytes]:
@@ -43,7 +43,7 @@ class _Partial:
     size: int
     crc: int
     started: float
-    parts: dict[int, bytes] = field(default_factory=dict)
+    parts: dict[int, Payload] = field(default_factory=dict)
     received: int = 0
 
 

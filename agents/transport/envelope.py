@@ -65,12 +65,18 @@ class MessageError(ValueError):
         self.detail = detail
 
 
+# A payload is the message's own bytes or a view into them: decoding slices no copy out of
+# the received message, and an encoder may hand over a view of an array's memory. One
+# copy then happens where it must, when :func:`encode` joins the wire message.
+Payload = bytes | memoryview
+
+
 @dataclass
 class Envelope:
     """One message: header fields plus payload bytes."""
 
     header: dict[str, Any]
-    payload: bytes = b""
+    payload: Payload = b""
     stamps: list[tuple[str, int]] = field(default_factory=list)
 
     @property
@@ -95,7 +101,7 @@ def encode(envelope: Envelope) -> bytes:
         raise MessageError("header", f"header cannot be encoded ({exc})") from None
     if len(raw) > MAX_HEADER_BYTES:
         raise MessageError("oversized", f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
-    return _PREFIX.pack(MAGIC, SCHEMA_VERSION, len(raw)) + raw + envelope.payload
+    return b"".join((_PREFIX.pack(MAGIC, SCHEMA_VERSION, len(raw)), raw, envelope.payload))
 
 
 def _require(header: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -142,7 +148,7 @@ def decode(data: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Envelope:
         isinstance(s, list) and len(s) == 2 and isinstance(s[0], str) and isinstance(s[1], int) for s in raw_stamps
     ):
         raise MessageError("header", "field 'stamps' must be a list of [name, ns] pairs")
-    return Envelope(header, data[body_start:], [(s[0], s[1]) for s in raw_stamps])
+    return Envelope(header, memoryview(data)[body_start:], [(s[0], s[1]) for s in raw_stamps])
 
 
 def tensor_header(array: np.ndarray) -> dict[str, Any]:
