@@ -105,8 +105,8 @@ def _quantize(a: np.ndarray, channels_last: bool | None) -> tuple[np.ndarray, li
         hi = np.maximum.reduce(rows, axis=0, initial=0.0).reshape(k, c).max(axis=0)
     else:
         lo, hi = rows.min(axis=(0, 2), initial=0.0), rows.max(axis=(0, 2), initial=0.0)
-    scale, zero = _affine(lo.astype(np.float64), hi.astype(np.float64))
-    q = _to_int8(rows, _spread((1.0 / scale).astype(np.float32), k), _spread(zero.astype(np.float32), k))
+    scale, zero = _affine(lo, hi)  # float32, as the receiver applies them
+    q = _to_int8(rows, _spread(1.0 / scale, k), _spread(zero, k))
     return q, scale.tolist(), [int(z) for z in zero.tolist()]
 
 
@@ -200,23 +200,22 @@ def _dequantize(h: dict[str, Any], q: np.ndarray, shape: list[int], layout: str,
     channels = shape[1] if fmt == "int8-channel" and len(shape) > 1 else 1
     scale = _params(h, "scale", channels)
     zero = _params(h, "zero_point", channels)
-    bad = "int8 scale must be finite and positive, zero point within -128..127"
+    # Plain Python over the lists: numpy's fixed cost per call would exceed the check. A NaN or
+    # an infinity makes the sum non-finite, whatever the order min and max see it in.
+    if not (
+        math.isfinite(sum(scale) + sum(zero)) and min(scale) > 0 and min(zero) >= -128 and max(zero) <= 127
+    ):
+        raise MessageError("payload", "int8 scale must be finite and positive, zero point within -128..127")
     if channels == 1:
-        s0, z0 = float(scale[0]), float(zero[0])
-        if not (math.isfinite(s0) and s0 > 0 and -128 <= z0 <= 127):
-            raise MessageError("payload", bad)
         out = q.astype(np.float32)
-        out -= np.float32(z0)
-        out *= np.float32(s0)
+        out -= np.float32(zero[0])
+        out *= np.float32(scale[0])
         return out
-    st, zt = np.asarray(scale, dtype=np.float64), np.asarray(zero, dtype=np.float64)
-    if not (np.isfinite(st).all() and (st > 0).all() and (zt >= -128).all() and (zt <= 127).all()):
-        raise MessageError("payload", bad)
     wire_shape = (shape[0], shape[2], shape[3], shape[1]) if layout == "nhwc" else tuple(shape)
     rows, k = _channel_rows(q.reshape(wire_shape), layout == "nhwc")
     out = rows.astype(np.float32)
-    out -= _spread(zt.astype(np.float32), k)
-    out *= _spread(st.astype(np.float32), k)
+    out -= _spread(np.array(zero, dtype=np.float32), k)
+    out *= _spread(np.array(scale, dtype=np.float32), k)
     return out.reshape(-1)
 
 
