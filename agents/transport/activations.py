@@ -202,9 +202,7 @@ def _dequantize(h: dict[str, Any], q: np.ndarray, shape: list[int], layout: str,
     zero = _params(h, "zero_point", channels)
     # Plain Python over the lists: numpy's fixed cost per call would exceed the check. A NaN or
     # an infinity makes the sum non-finite, whatever the order min and max see it in.
-    if not (
-        math.isfinite(sum(scale) + sum(zero)) and min(scale) > 0 and min(zero) >= -128 and max(zero) <= 127
-    ):
+    if not (math.isfinite(sum(scale) + sum(zero)) and min(scale) > 0 and min(zero) >= -128 and max(zero) <= 127):
         raise MessageError("payload", "int8 scale must be finite and positive, zero point within -128..127")
     if channels == 1:
         out = q.astype(np.float32)
