@@ -82,9 +82,23 @@ def test_bad_activations_are_rejected(activation: torch.Tensor) -> None:
         with pytest.raises(MessageError) as info:
             decode_activation(Envelope({"id": "r", **h}, p), shape)
         assert info.value.kind == kind
-    for bad in ({"scale": [0.0]}, {"scale": [1.0, 2.0]}, {"zero_point": [300]}, {"scale": ["x"]}):
+    for bad in (
+        {"scale": [0.0]},
+        {"scale": [1.0, 2.0]},
+        {"zero_point": [300]},
+        {"scale": ["x"]},
+        {"scale": [float("nan")]},
+        {"scale": [float("inf")]},
+    ):
         with pytest.raises(MessageError, match="int8"):
             decode_activation(Envelope({"id": "r", **header, **bad}, payload), shape)
+    # Per channel, a NaN where min and max would not look: anywhere in the list.
+    ch_header, ch_payload = encode_activation(activation, "int8-channel")
+    for i in (0, 5):
+        scales = list(ch_header["scale"])
+        scales[i] = float("nan")
+        with pytest.raises(MessageError, match="int8"):
+            decode_activation(Envelope({"id": "r", **ch_header, "scale": scales}, ch_payload), shape)
     # A zlib bomb: a small payload that inflates past what the shape allows is cut at the bound.
     zh, _ = encode_activation(activation, "fp32+zlib")
     bomb = zlib.compress(b"\0" * (activation.numel() * 4 * 50))
