@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -76,15 +77,15 @@ class StatusBoard:
             return
         if kind != "health":
             return
-        try:
+        try:  # anyone allowed to publish there could send anything: count it, never raise on paho's thread
             health = json.loads(payload)
             if not isinstance(health, dict) or not isinstance(health.get("counters", {}), dict):
                 raise ValueError("not a health object")
-        except (ValueError, UnicodeDecodeError):
+            handled = _handled(health)
+        except (ValueError, TypeError, UnicodeDecodeError):
             with self._lock:
                 self.malformed += 1
             return
-        handled = _handled(health)
         with self._lock:
             a = self._agents.setdefault(agent_id, _Agent())
             if a.rate is not None and now > a.rate[0] and handled >= a.rate[1]:
@@ -104,22 +105,23 @@ class StatusBoard:
                 state = "stale" if age > self.stale_s else "online"
             if state == "online" and h.get("connected") is False:
                 state = "reconnecting"  # its health came from before the link dropped
+            rejected = [v for k, v in counters.items() if k.startswith("rejected_") and _number(v) is not None]
             out.append(
                 {
                     "agent": agent_id,
-                    "role": h.get("role", ""),
+                    "role": str(h.get("role", ""))[:16],
                     "state": state,
                     "seen_s": None if age is None else round(age, 1),
-                    "uptime": h.get("uptime_s"),
-                    "fps": h.get("fps", None if rate is None else round(rate, 1)),
-                    "load": h.get("in_flight", h.get("queue_depth")),
-                    "answered": h.get("answered", counters.get("answered")),
-                    "passed_on": counters.get("offloaded", counters.get("forwarded")),
-                    "timeouts": counters.get("answered_timeout"),
-                    "rejected": sum(int(v) for k, v in counters.items() if k.startswith("rejected_")) if h else None,
-                    "cpu_percent": h.get("cpu_percent"),
-                    "rss_mb": h.get("rss_mb"),
-                    "aoi_ms": h.get("aoi_ms"),
+                    "uptime": _number(h.get("uptime_s")),
+                    "fps": _number(h.get("fps", None if rate is None else round(rate, 1))),
+                    "load": _number(h.get("in_flight", h.get("queue_depth"))),
+                    "answered": _number(h.get("answered", counters.get("answered"))),
+                    "passed_on": _number(counters.get("offloaded", counters.get("forwarded"))),
+                    "timeouts": _number(counters.get("answered_timeout")),
+                    "rejected": sum(rejected) if h else None,
+                    "cpu_percent": _number(h.get("cpu_percent")),
+                    "rss_mb": _number(h.get("rss_mb")),
+                    "aoi_ms": _number(h.get("aoi_ms")),
                     "health": h,
                 }
             )
@@ -133,6 +135,13 @@ def _handled(health: dict[str, Any]) -> int:
     if "answered" in health:  # a device's total
         return int(health["answered"])
     return int(counters.get("answered", 0)) + int(counters.get("forwarded", 0))
+
+
+def _number(value: Any) -> int | float | None:
+    """``value`` if it is a finite number (not a bool), else None: a health field shown as ``-``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def render(rows: list[dict[str, Any]]) -> str:

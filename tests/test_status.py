@@ -55,6 +55,13 @@ def test_board_states_rates_and_columns() -> None:
     board.feed(f"{ROOT}/edge-1/health", _health(role="edge", connected=False), now=8.0)
     assert {r["agent"]: r["state"] for r in board.rows(now=8.0)}["edge-1"] == "reconnecting"
 
+    # Whatever else lands on a health topic is counted or shown as "-", never raised on paho's thread.
+    for junk in (b"[1, 2]", b'{"counters": []}', b'{"answered": "many"}', b'{"counters": {"answered": {}}}'):
+        board.feed(f"{ROOT}/odd/health", junk, now=8.0)
+    assert board.malformed == 5 and "odd" not in {r["agent"] for r in board.rows(now=8.0)}
+    board.feed(f"{ROOT}/odd/health", _health(role=7, uptime_s="long", fps=True, counters={"rejected_x": "3"}), now=8.0)
+    odd = {r["agent"]: r for r in board.rows(now=8.0)}["odd"]
+    assert (odd["role"], odd["uptime"], odd["fps"], odd["rejected"]) == ("7", None, None, 0)
     table = render(board.rows(now=8.0)).splitlines()
     assert table[0].split()[:3] == ["agent", "role", "state"]
     assert table[1].split()[:3] == ["dev1", "device", "stopped"]
