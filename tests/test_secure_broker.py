@@ -28,7 +28,7 @@ from agents.transport.mqtt import LinkSettings, MqttLink
 from tests.harness import records, stop
 
 REPO = Path(__file__).resolve().parents[1]
-ACCOUNTS = ("dev1", "dev2", "edge-1", "cloud-1", "monitor")
+ACCOUNTS = ("dev1", "dev2", "edge-1", "cloud-1", "cam1", "monitor")
 
 pytestmark = pytest.mark.skipif(
     mosquitto_binary() is None or shutil.which("mosquitto_passwd") is None or shutil.which("openssl") is None,
@@ -122,7 +122,19 @@ def _deployment(tmp: Path, broker: SecureBroker) -> Path:
                 "threshold": 0.9,
                 "threads": 1,
                 "deadline_ms": 5000,
-                "source": {"kind": "imagefolder", "path": str(SAMPLE_TAR), "shuffle": True},
+                "source": {"kind": "sensor", "sensor": "cam1"},
+            }
+        ],
+        "sensors": [
+            {
+                "id": "cam1",
+                "source": {
+                    "kind": "imagefolder",
+                    "path": str(SAMPLE_TAR),
+                    "rate": "fixed",
+                    "fps": 200,
+                    "shuffle": True,
+                },
             }
         ],
         "tiers": {
@@ -165,16 +177,20 @@ def _wait_online(cfg: Path, broker: SecureBroker, agents: set[str], timeout: flo
 
 def test_cascade_through_tls_passwords_and_acls(tmp_path: Path, secure_broker: SecureBroker) -> None:
     cfg = _deployment(tmp_path, secure_broker)
-    tiers = [
-        _agent(tmp_path, secure_broker, "cloud-1", "cloud", "--config", str(cfg), "--id", "cloud-1"),
-        _agent(tmp_path, secure_broker, "edge-1", "edge", "--config", str(cfg), "--id", "edge-1"),
-    ]
+    procs = {
+        "cloud-1": _agent(tmp_path, secure_broker, "cloud-1", "cloud", "--config", str(cfg), "--id", "cloud-1"),
+        "edge-1": _agent(tmp_path, secure_broker, "edge-1", "edge", "--config", str(cfg), "--id", "edge-1"),
+    }
     try:
         _wait_online(cfg, secure_broker, {"cloud-1", "edge-1"})
-        device = _agent(
-            tmp_path, secure_broker, "dev1", "device", "--config", str(cfg), "--id", "dev1", "--frames", "150"
-        )
-        assert device.wait(180) == 0, (tmp_path / "dev1.log").read_text()[-2000:]
+        # Frames from a replayed sensor on an account of its own, as in config/lab.yaml.
+        device_args = ("device", "--config", str(cfg), "--id", "dev1", "--frames", "150")
+        procs["dev1"] = _agent(tmp_path, secure_broker, "dev1", *device_args)
+        _wait_online(cfg, secure_broker, {"dev1"})
+        sensor_args = ("replay", "--config", str(cfg), "--sensor", "cam1", "--frames", "150")
+        procs["cam1"] = _agent(tmp_path, secure_broker, "cam1", *sensor_args)
+        assert procs["dev1"].wait(180) == 0, (tmp_path / "dev1.log").read_text()[-2000:]
+        assert procs["cam1"].wait(60) == 0, (tmp_path / "cam1.log").read_text()[-2000:]
         recs = records(tmp_path)
         assert len(recs) == 150
         by_tier = {t: sum(r["tier"] == t for r in recs) for t in ("device", "edge", "cloud")}
@@ -182,13 +198,13 @@ def test_cascade_through_tls_passwords_and_acls(tmp_path: Path, secure_broker: S
         assert all(r["outcome"] != "timeout" for r in recs)
         # The read-only monitor account sees every agent; its health and status topics are all it may read.
         rows = {r["agent"]: r for r in json.loads(_status(cfg, "monitor", secure_broker.password("monitor")).stdout)}
-        assert rows["dev1"]["state"] == "stopped"
+        assert rows["dev1"]["state"] == "stopped" and rows["cam1"]["state"] == "stopped"
         assert rows["edge-1"]["state"] == "online" and rows["cloud-1"]["state"] == "online"
         assert rows["edge-1"]["answered"] + rows["edge-1"]["passed_on"] == by_tier["edge"] + by_tier["cloud"]
         assert rows["edge-1"]["rejected"] == 0 and rows["cloud-1"]["rejected"] == 0
     finally:
-        codes = [stop(p) for p in tiers]
-    assert codes == [0, 0]
+        codes = {name: stop(p) for name, p in procs.items()}
+    assert codes == dict.fromkeys(procs, 0)
 
 
 def _listener(
