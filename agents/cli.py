@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="deployment YAML (its broker and deployment name)")
     p.add_argument("--once", action="store_true", help="print one table after --wait seconds and exit")
     p.add_argument("--json", help="with --once: the rows as JSON to this file ('-': stdout)")
+    p.add_argument(
+        "--expect", help="with --once: comma-separated agent ids that must be online, else exit 1 (for checks)"
+    )
     p.add_argument("--wait", type=float, default=3.0, help="seconds to connect, and with --once to listen (default 3)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between live refreshes (default 1)")
     p.add_argument("--stale", type=float, default=5.0, help="seconds without health before an agent shows as stale")

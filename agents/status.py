@@ -200,7 +200,7 @@ def run_status(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 _write_json(args.json, rows, out)
             else:
                 out.write(_titled(cfg.deployment, rows, board) + "\n")
-            return 0
+            return _check_expected(rows, args.expect)
         tty = out.isatty()
         while True:
             text = _titled(cfg.deployment, board.rows(), board)
@@ -211,6 +211,18 @@ def run_status(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return 0
     finally:
         link.close()
+
+
+def _check_expected(rows: list[dict[str, Any]], expect: str | None) -> int:
+    """0 when every agent in the comma-separated ``expect`` is online, else 1 with the others named on stderr."""
+    if not expect:
+        return 0
+    states = {r["agent"]: r["state"] for r in rows}
+    missing = [f"{a} ({states.get(a, 'never seen')})" for a in expect.split(",") if a and states.get(a) != "online"]
+    if missing:
+        print(f"not online: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _titled(deployment: str, rows: list[dict[str, Any]], board: StatusBoard) -> str:

@@ -94,8 +94,10 @@ def test_status_command_against_running_agents(tmp_path: Path, broker: BrokerPro
         offloaded = sum(r["outcome"] != "local" for r in records(tmp_path))
         assert offloaded > 0
         assert sum(int(rows[e]["answered"]) for e in ("edge-1", "edge-2")) == offloaded
-        text = _status(cfg, "--wait", "1.5")
+        text = _status(cfg, "--wait", "1.5", "--expect", "edge-1,edge-2")
         assert text.returncode == 0 and "3 agents, 2 online" in text.stdout and "edge-2" in text.stdout
+        check = _status(cfg, "--wait", "1.5", "--expect", "edge-1,dev1,edge-9")
+        assert check.returncode == 1 and "not online: dev1 (stopped), edge-9 (never seen)" in check.stderr
     result = _status(cfg, "--wait", "1.5", "--json", "-")
     assert {r["agent"]: r["state"] for r in json.loads(result.stdout)} == {
         "dev1": "stopped",
