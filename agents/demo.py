@@ -142,7 +142,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(
             f"{broker.kind} on 127.0.0.1:{broker.port}; {', '.join(tiers)} online; device {device.id} starts "
             f"({args.frames} frames, threshold {device.threshold}); in another terminal: "
-            f"cascade status --config {cfg_path}",
+            f"{_cascade_command()} status --config {cfg_path}",
             flush=True,
         )
         procs["device"] = spawn_agent(
@@ -198,6 +198,17 @@ def wait_online(
             continue
         if topic.endswith("/status") and payload == b"online":
             waiting.discard(topic.split("/")[-2])
+
+
+def _cascade_command() -> str:
+    """How to run ``cascade`` from a shell: the venv's script beside this interpreter (often not on PATH)."""
+    script = Path(sys.executable).with_name("cascade")
+    if not script.exists():
+        return "cascade"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def _follow(events: queue.Queue[tuple[str, bytes]], proc: subprocess.Popen[bytes], device: str, frames: int) -> None:
