@@ -62,7 +62,7 @@ def _affine(lo: _Params, hi: _Params) -> tuple[_Params, _Params]:
 def _to_int8(values: np.ndarray, inv_scale: np.ndarray | np.float32, zero: np.ndarray | np.float32) -> np.ndarray:
     """``round(values * inv_scale + zero)`` as int8, in four vectorised passes.
 
-    The sum plus 128.5 lies in 0..255.5 (see :func:`_affine`): truncating it to uint8
+    The sum plus 128.5 lies in 0..255 (see :func:`_affine`): truncating it to uint8
     rounds it, and flipping the top bit maps 0..255 onto the int8 values -128..127.
     """
     u = values * inv_scale
