@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from agents.datasets import SAMPLE_TAR
@@ -90,6 +91,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from agents.report import run_report
 
     return run_report(args)
+
+
+def _cmd_acl(args: argparse.Namespace) -> int:
+    from agents.config import load_config
+    from agents.transport.acl import acl_file, parse_workers
+
+    cfg = load_config(args.config)
+    try:
+        workers = parse_workers(args.workers or [], cfg)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    text = acl_file(cfg, workers, args.monitor or ["monitor"])
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{args.out}: {text.count(chr(10) + 'user ')} accounts; point mosquitto's acl_file at it")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -244,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a deployment YAML and exit (usable as ExecStartPre=)")
     p.add_argument("file", help="deployment YAML")
     p.set_defaults(handler=_cmd_check_config)
+
+    p = sub.add_parser("acl", help="a mosquitto ACL file for a deployment: one block per account, no patterns")
+    p.add_argument("--config", required=True, help="deployment YAML (devices, sensors, tiers)")
+    p.add_argument(
+        "--workers", action="append", help="TIER=ID[,ID...] worker accounts of a tier (default TIER-1); repeatable"
+    )
+    p.add_argument("--monitor", action="append", help="read-only account for cascade status (default monitor)")
+    p.add_argument("-o", "--out", help="write here instead of standard output")
+    p.set_defaults(handler=_cmd_acl)
 
     p = sub.add_parser("status", help="every agent of a deployment: availability and live counters, from the broker")
     p.add_argument("--config", required=True, help="deployment YAML (its broker and deployment name)")

@@ -274,6 +274,15 @@ class DeploymentConfig(Strict):
     sensors: list[SensorConfig] = Field(default_factory=list)
     telemetry: TelemetryConfig = TelemetryConfig()
 
+    def tier_chain(self, first: str | None) -> list[str]:
+        """The tiers a request sent to ``first`` can reach: ``first``, its ``forward_to``, and onward."""
+        chain: list[str] = []
+        tier = first
+        while tier is not None and tier not in chain and tier in self.tiers:
+            chain.append(tier)
+            tier = self.tiers[tier].forward_to
+        return chain
+
     @field_validator("devices", "sensors")
     @classmethod
     def _unique_ids(cls, items: list[Any]) -> list[Any]:

@@ -241,12 +241,7 @@ class DeviceAgent(Agent):
 
     def _tier_chain(self) -> list[str]:
         """The tiers this device's requests can reach (its offload tier and onward): their clocks stamp its frames."""
-        chain: list[str] = []
-        tier: str | None = self.dcfg.offload_to
-        while tier is not None and tier not in chain and tier in self.cfg.tiers:
-            chain.append(tier)
-            tier = self.cfg.tiers[tier].forward_to
-        return chain
+        return self.cfg.tier_chain(self.dcfg.offload_to)
 
     def _split_payload(self, act: torch.Tensor, frame: Frame) -> tuple[dict[str, Any], Payload]:
         """Header fields and bytes of a split request: the activation, and the frame when the tier may need it."""

@@ -82,3 +82,19 @@ def test_split_activation_above_the_payload_limit(tmp_path: Path, sample_path: P
     cfg["devices"][0]["codec"] = "int4"  # type: ignore[index]
     path.write_text(json.dumps(cfg))
     assert_one_line_error(cascade("check-config", str(path)), "codec", "int4", "fp32")
+
+
+def test_acl_workers_must_name_a_tier(tmp_path: Path) -> None:
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text("deployment: t\ntiers: {edge: {model: edge-medium}}\n")
+    assert_one_line_error(cascade("acl", "--config", str(cfg), "--workers", "fog=fog-1"), "no tier 'fog'", "edge")
+    assert_one_line_error(cascade("acl", "--config", str(cfg), "--workers", "edge"), "TIER=ID")
+    out = tmp_path / "cascade.acl"
+    ok = cascade("acl", "--config", str(cfg), "--workers", "edge=edge-1,edge-2", "-o", str(out))
+    assert ok.returncode == 0 and "3 accounts" in ok.stdout
+    assert [line for line in out.read_text().splitlines() if line.startswith("user ")] == [
+        "user edge-1",
+        "user edge-2",
+        "user monitor",
+    ]
+    assert not [line for line in out.read_text().splitlines() if line.startswith("pattern ")]

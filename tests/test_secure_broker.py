@@ -41,6 +41,7 @@ class SecureBroker:
     port: int
     ca: Path
     dir: Path
+    acl: str = "shipped"  # broker/cascade.acl, or "generated" by `cascade acl` from the test's deployment
 
     def password(self, account: str) -> str:
         return f"pw-{account}-{self.port}"
@@ -78,8 +79,8 @@ def _prod_config(d: Path, tls_port: int, plain_port: int) -> str:
     return "\n".join([*out, f"log_dest file {d}/mosquitto.log", f"user {getpass.getuser()}"]) + "\n"
 
 
-@pytest.fixture
-def secure_broker(tmp_path: Path) -> Iterator[SecureBroker]:
+@pytest.fixture(params=["shipped", "generated"])
+def secure_broker(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SecureBroker]:
     d = tmp_path / "broker"
     d.mkdir()
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=cascade test CA",
@@ -90,11 +91,20 @@ def secure_broker(tmp_path: Path) -> Iterator[SecureBroker]:
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
              "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=d)  # fmt: skip
     tls_port, plain_port = free_port(), free_port()
-    broker = SecureBroker(tls_port, d / "ca.crt", d)
+    broker = SecureBroker(tls_port, d / "ca.crt", d, request.param)
     (d / "passwd").write_text("")
     for account in ACCOUNTS:
         subprocess.run(["mosquitto_passwd", "-b", str(d / "passwd"), account, broker.password(account)], check=True)
-    shutil.copy(REPO / "broker" / "cascade.acl", d / "cascade.acl")
+    if broker.acl == "shipped":
+        shutil.copy(REPO / "broker" / "cascade.acl", d / "cascade.acl")
+    else:
+        acl = subprocess.run(
+            [sys.executable, "-m", "agents.cli", "acl", "--config", str(_deployment(tmp_path, broker))],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        (d / "cascade.acl").write_text(acl.stdout)
     (d / "mosquitto.conf").write_text(_prod_config(d, tls_port, plain_port))
     assert mosquitto_binary() is not None
     proc = subprocess.Popen([mosquitto_binary() or "", "-c", str(d / "mosquitto.conf")], stderr=subprocess.STDOUT,
@@ -123,7 +133,8 @@ def _deployment(tmp: Path, broker: SecureBroker) -> Path:
                 "threads": 1,
                 "deadline_ms": 5000,
                 "source": {"kind": "sensor", "sensor": "cam1"},
-            }
+            },
+            {"id": "dev2", "source": {"kind": "imagefolder", "path": str(SAMPLE_TAR)}},  # never started
         ],
         "sensors": [
             {
@@ -225,7 +236,7 @@ def test_acls_keep_devices_apart_and_strangers_out(tmp_path: Path, secure_broker
     other, other_got = _listener(secure_broker, "dev2", results)  # another device asking for dev1's answers
     cloud, cloud_got = _listener(secure_broker, "cloud-1", "cascade/t/cloud/requests")
     watcher, watcher_got = _listener(secure_broker, "monitor", "cascade/t/#")  # may read status and health only
-    edge, _ = _listener(secure_broker, "edge-1", "cascade/t/edge/requests")
+    edge, edge_got = _listener(secure_broker, "edge-1", "cascade/t/edge/requests")
     links = (owner, other, cloud, watcher, edge)
     for link in links:
         assert link.wait_connected(10)
@@ -234,6 +245,9 @@ def test_acls_keep_devices_apart_and_strangers_out(tmp_path: Path, secure_broker
     edge.publish(results, b"answer for dev1")
     other.publish("cascade/t/cloud/requests", b"device skipping its edge")
     other.publish("cascade/t/agents/edge-1/health", b"{}")
+    # The monitor publishing work for the edge: the shipped file's patterns apply to every account and
+    # allow it; the generated file gives each account only its own block.
+    watcher.publish("cascade/t/edge/requests", b"from the monitor")
     # Allowed (the positive controls): an edge forwarding to the cloud, a device's own health.
     edge.publish("cascade/t/cloud/requests", b"forwarded")
     other.publish("cascade/t/agents/dev2/health", b"{}")
@@ -242,6 +256,7 @@ def test_acls_keep_devices_apart_and_strangers_out(tmp_path: Path, secure_broker
     assert watcher_got.get(timeout=5) == "cascade/t/agents/dev2/health"
     time.sleep(1.0)
     assert other_got.empty() and cloud_got.empty() and watcher_got.empty()
+    assert edge_got.qsize() == (1 if secure_broker.acl == "shipped" else 0)
     for link in links:
         link.close()
 
