@@ -32,7 +32,7 @@ from agents.models.stats import model_stats
 from agents.records import FrameRecord, RecordWriter
 from agents.runtime import Agent, CalibratedModel, exit_thresholds
 from agents.sources.base import Frame, open_source, paced
-from agents.transport.activations import encode_activation
+from agents.transport.activations import encode_activation, warm_up
 from agents.transport.codecs import activation_bytes
 from agents.transport.envelope import Envelope, MessageError, Payload, encode
 from agents.transport.images import decode_frame, encode_image
@@ -71,6 +71,7 @@ class DeviceAgent(Agent):
             n = self.net.model.num_stages
             if not 1 <= self.split < n:
                 raise UserError(f"devices.{device_id}.split: {self.split} is not within 1..{n - 1} for {self.net.name}")
+            warm_up(self.dcfg.codec)  # compile the encoder now, not on the first offloaded frame
             resume = cfg.tiers[self.dcfg.offload_to].split_models[self.dcfg.model]
             self._attach_frame = resume.forward == "frame"
             # Fail at start, not frame by frame at the receiver: every tier shares this broker section.

@@ -31,7 +31,8 @@ from agents.errors import UserError
 from agents.models.inputs import to_input
 from agents.models.stats import model_stats
 from agents.runtime import Agent, CalibratedModel, exit_thresholds
-from agents.transport.activations import decode_activation, encode_activation
+from agents.transport.activations import decode_activation, encode_activation, warm_up
+from agents.transport.codecs import FORMATS
 from agents.transport.envelope import Envelope, MessageError, Payload, encode
 from agents.transport.images import decode_frame
 
@@ -87,6 +88,9 @@ class TierAgent(Agent):
         self.split_nets: dict[str, SplitNet] = {}
         for ref, resume in self.tcfg.split_models.items():
             self._load_split(ref, resume)
+        if self.split_nets:  # compile the int8 decoders now, not on the first activation
+            for codec in FORMATS:
+                warm_up(codec)
         self._queue: deque[Item] = deque()
         self._cond = threading.Condition()
         self._batches = 0

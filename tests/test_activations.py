@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
 from agents.datasets import SAMPLE_TAR, load_image_set
 from agents.models.checkpoint import load_checkpoint
 from agents.models.inputs import to_input
-from agents.transport.activations import decode_activation, encode_activation
+from agents.transport.activations import decode_activation, encode_activation, warm_up
 from agents.transport.codecs import all_codecs, parse_codec
 from agents.transport.envelope import Envelope, MessageError, decode, encode
 
@@ -108,3 +109,47 @@ def test_bad_activations_are_rejected(activation: torch.Tensor) -> None:
         decode_activation(Envelope({"id": "r", **zh}, b"not zlib at all"), shape)
     with pytest.raises(ValueError, match="expected one of fp32"):
         parse_codec("fp8")
+
+
+@pytest.mark.parametrize("codec", ["int8", "int8-channel"])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 3), (2, 37), (2, 6, 11), (1, 1, 1, 1)])
+def test_int8_bounds_on_odd_shapes(codec: str, shape: tuple[int, ...]) -> None:
+    # Sizes that are not a multiple of the kernels' 16 lanes, other ranks, and a single value.
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    header, payload = encode_activation(x, codec)
+    y = decode_activation(Envelope({"id": "r", **header}, bytes(payload)), shape)
+    assert y.shape == x.shape
+    steps = torch.tensor(header["scale"]).reshape(1, -1, *([1] * (len(shape) - 2)))
+    assert bool(((y - x).abs() <= steps / 2 + 1e-5).all())
+
+
+@pytest.mark.parametrize("codec", ["int8", "int8-channel"])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_int8_refuses_non_finite_activations(
+    activation: torch.Tensor, codec: str, channels_last: bool, bad: float
+) -> None:
+    # First, last and a middle element, in either memory order: the compiled range check sees them all.
+    n = activation.numel()
+    for index in (0, n // 2 + 3, n - 1):
+        x = activation.clone().reshape(-1)
+        x[index] = bad
+        x = x.reshape(activation.shape)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            encode_activation(x, codec)
+
+
+def test_fp32_decoding_wraps_the_received_bytes(activation: torch.Tensor) -> None:
+    header, payload = encode_activation(activation, "fp32")
+    received = bytes(payload)
+    y = decode_activation(Envelope({"id": "r", **header}, memoryview(received)), tuple(activation.shape))
+    assert torch.equal(y, activation)
+    assert y.is_contiguous(memory_format=torch.channels_last)  # the layout the model prefers, no transposing copy
+    # No copy: the tensor reads the message's memory (decoding a 96 KB activation is a few µs).
+    assert y.data_ptr() == np.frombuffer(received, dtype=np.uint8).ctypes.data
+
+
+@pytest.mark.parametrize("codec", all_codecs())
+def test_warm_up_compiles_every_codec(codec: str) -> None:
+    warm_up(codec)  # no error; for int8 the kernels are compiled (or loaded from numba's cache)

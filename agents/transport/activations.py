@@ -18,16 +18,19 @@ with a bound equal to the announced size, so a hostile payload cannot make the
 receiver allocate more than the shape allows. Every failure is a
 :class:`~agents.transport.envelope.MessageError`.
 
-The int8 arithmetic runs in numpy, a few whole-array passes per side: at these sizes
-(6–25 k values a frame) each torch call's fixed cost is as large as its work, and
-numpy's reductions are vectorised (``benchmarks/split_codec`` times it).
+Between two model calls every numpy or torch call costs several times what it costs
+in a tight loop (the model has just evicted the caches it needs), so the codecs make
+as few of them as they can: fp32 sends a byte view of the activation and the
+receiver wraps the received bytes; the int8 codecs run one compiled call a side
+(:mod:`.int8_kernels`). ``benchmarks/split_codec`` measures them between model calls.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,78 +39,11 @@ from torch import Tensor
 from agents.transport.codecs import WIRE_DTYPE, Codec, parse_codec
 from agents.transport.envelope import Envelope, MessageError, Payload
 
-_TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8, "int8-channel": torch.int8}
+# decode_activation wraps received bytes, which are read-only, without copying them; torch
+# warns once per process that it cannot mark the tensor read-only. Nothing writes to it.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
 MAX_ACTIVATION_ELEMENTS = 64 * 1024 * 1024  # 256 MB of fp32: far above any split point, bounds allocation
-
-
-_Params = TypeVar("_Params", float, np.ndarray)
-
-
-def _affine(lo: _Params, hi: _Params) -> tuple[_Params, _Params]:
-    """Scale and zero point mapping ``[lo, hi]``, which holds 0, into -128..127: per tensor (floats) or per channel.
-
-    0 is exactly representable. The range spans 254 steps, not 255: rounding the zero
-    point moves values by at most half a step, so ``x / scale + zero_point`` stays within
-    -128.5..126.5 and the encoder needs no clamping pass. The zero point lands in -128..126.
-    Written with operators so Python floats stay floats: numpy's 0-d arithmetic would cost
-    more than the per-tensor encoding itself.
-    """
-    span = hi - lo  # NaN or infinite when either end is
-    if not np.isfinite(span).all():
-        raise ValueError("the activation holds NaN or infinite values, which int8 cannot encode")
-    scale = span / 254.0 + 1e-12  # > 0 for a constant-zero activation too
-    return scale, np.rint(-128.0 - lo / scale)
-
-
-def _to_int8(values: np.ndarray, inv_scale: np.ndarray | np.float32, zero: np.ndarray | np.float32) -> np.ndarray:
-    """``round(values * inv_scale + zero)`` as int8, in four vectorised passes.
-
-    The sum plus 128.5 lies in 0..255 (see :func:`_affine`): truncating it to uint8
-    rounds it, and flipping the top bit maps 0..255 onto the int8 values -128..127.
-    """
-    u = values * inv_scale
-    u += zero + np.float32(128.5)
-    q = u.astype(np.uint8)
-    q ^= 0x80
-    return q.view(np.int8)
-
-
-def _channel_rows(a: np.ndarray, channels_last: bool) -> tuple[np.ndarray, int]:
-    """``a`` viewed so per-channel work runs along long contiguous rows, and the channel repeat per row.
-
-    numpy is fast along long inner loops and slow along a 24-element one. Channels last:
-    rows of ``k`` pixels × C channels (``k`` a power of two dividing the pixel count, at
-    most 64), so C parameters tiled ``k`` times line up with every row. Channels first:
-    ``(N, C, pixels)``, the parameters as a ``(C, 1)`` column (``k`` is 0).
-    """
-    if channels_last:
-        c = a.shape[-1]
-        k = math.gcd(a.size // c, 64)
-        return a.reshape(-1, k * c), k
-    return a.reshape(a.shape[0], a.shape[1], -1), 0
-
-
-def _spread(per_channel: np.ndarray, k: int) -> np.ndarray:
-    """Per-channel parameters shaped to broadcast against :func:`_channel_rows`' view."""
-    return per_channel[None].repeat(k, 0).reshape(-1) if k else per_channel.reshape(-1, 1)
-
-
-def _quantize(a: np.ndarray, channels_last: bool | None) -> tuple[np.ndarray, list[float], list[int]]:
-    """Affine int8 per tensor (``channels_last`` None) or per channel (the last axis, or axis 1)."""
-    # initial=0: the range always holds zero, at no extra pass.
-    if channels_last is None:
-        s, z = _affine(float(a.min(initial=0.0)), float(a.max(initial=0.0)))
-        return _to_int8(a, np.float32(1.0 / s), np.float32(z)), [s], [int(z)]
-    rows, k = _channel_rows(a, channels_last)
-    if k:  # fold the k pixels of each row after reducing down the rows
-        c = a.shape[-1]
-        lo = np.minimum.reduce(rows, axis=0, initial=0.0).reshape(k, c).min(axis=0)
-        hi = np.maximum.reduce(rows, axis=0, initial=0.0).reshape(k, c).max(axis=0)
-    else:
-        lo, hi = rows.min(axis=(0, 2), initial=0.0), rows.max(axis=(0, 2), initial=0.0)
-    scale, zero = _affine(lo, hi)  # float32, as the receiver applies them
-    q = _to_int8(rows, _spread(1.0 / scale, k), _spread(zero, k))
-    return q, scale.tolist(), [int(z) for z in zero.tolist()]
 
 
 def encode_activation(x: Tensor, codec: str | Codec) -> tuple[dict[str, Any], Payload]:
@@ -118,28 +54,76 @@ def encode_activation(x: Tensor, codec: str | Codec) -> tuple[dict[str, Any], Pa
     ``(N, H, W, C)`` array marked ``layout: nhwc``, which saves a transposing copy on
     both sides; anything else is sent C-order as ``(N, C, ...)``.
     """
+    # Few torch calls, each only when needed: between two model calls every call pays for
+    # the caches the model evicted (benchmarks/split_codec measures the codec there).
     c = parse_codec(codec) if isinstance(codec, str) else codec
-    x = x.detach().float()
-    header: dict[str, Any] = {"encoding": "activation", "codec": c.name, "shape": list(x.shape)}
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        wire, channels_last = x.permute(0, 2, 3, 1), True  # contiguous: a view, no copy
+    if x.requires_grad:
+        x = x.detach()
+    if x.dtype != torch.float32:
+        x = x.float()
+    shape = list(x.shape)
+    header: dict[str, Any] = {"encoding": "activation", "codec": c.name, "shape": shape}
+    nhwc = len(shape) == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if nhwc:
         header["layout"] = "nhwc"
-    else:
-        wire, channels_last = x.contiguous(), False
-    if c.format == "fp32":
-        values = wire.numpy()
-    elif c.format == "fp16":
-        values = wire.half().numpy()
-    else:
-        values, scale, zero = _quantize(wire.numpy(), channels_last if c.format == "int8-channel" else None)
+    elif not x.is_contiguous():
+        x = x.contiguous()
+    if c.format == "fp16":
+        x = x.half()
+    wire = x.numpy()  # NCHW strides over NHWC memory when nhwc: transposing below is a view
+    if nhwc:
+        wire = wire.transpose(0, 2, 3, 1)
+    if c.format in ("int8", "int8-channel"):
+        wire, scale, zero = _quantize(wire, nhwc, per_channel=c.format == "int8-channel")
         header["scale"] = scale
         header["zero_point"] = zero
     # A byte view of the array, not a copy: the envelope's encoder makes the one copy into the message.
-    raw = values.reshape(-1).view(np.uint8).data
+    raw = np.ascontiguousarray(wire).data.cast("B")
     # zlib level 1: most of the gain for a fraction of the time.
     data: Payload = zlib.compress(raw, 1) if c.compress == "zlib" else raw
     header["raw_nbytes"] = len(raw)
     return header, data
+
+
+_LANES = 16  # a per-tensor range is kept in 16 lanes: one vector register of floats
+
+
+def _channel_view(a: np.ndarray, nhwc: bool, per_channel: bool) -> np.ndarray:
+    """``a`` (C-order, wire order) as the kernels' ``(outer, channels, inner)``: see :mod:`.int8_kernels`."""
+    if not per_channel or a.ndim < 2:
+        return a.reshape(-1, _LANES, 1) if a.size % _LANES == 0 else a.reshape(1, 1, -1)
+    if nhwc:
+        return a.reshape(-1, a.shape[-1], 1)
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _quantize(a: np.ndarray, nhwc: bool, per_channel: bool) -> tuple[np.ndarray, list[float], list[int]]:
+    """Affine int8 of ``a`` (float32, C-order): the values, and the scales and zero points for the header."""
+    from agents.transport import int8_kernels  # compiled on first use: fp32 and fp16 users never load numba
+
+    view = _channel_view(a, nhwc, per_channel)
+    q = np.empty(view.shape, np.int8)
+    scale = np.empty(view.shape[1], np.float32)
+    zero = np.empty(view.shape[1], np.float32)
+    if not int8_kernels.quantize(view, q, scale, zero, not per_channel):
+        raise ValueError("the activation holds NaN or infinite values, which int8 cannot encode")
+    if not per_channel:  # every lane holds the same parameters
+        return q, scale[:1].tolist(), [int(zero[0])]
+    return q, scale.tolist(), [int(z) for z in zero.tolist()]
+
+
+def warm_up(codec: str | Codec) -> None:
+    """Compile (or load from numba's cache) what ``codec`` runs, so the first frame does not wait for it."""
+    c = parse_codec(codec) if isinstance(codec, str) else codec
+    if not c.format.startswith("int8"):
+        return  # nothing to compile
+    for channels_last in (True, False):
+        x = torch.zeros(1, 2, 4, 4)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        header, payload = encode_activation(x, c)
+        # bytes, as received: numba compiles read-only arrays separately
+        decode_activation(Envelope({"id": "warm-up", **header}, bytes(payload)), (1, 2, 4, 4))
 
 
 def _decompress(data: Payload, compress: str | None, expected: int) -> Payload:
@@ -158,7 +142,12 @@ def _decompress(data: Payload, compress: str | None, expected: int) -> Payload:
 
 
 def decode_activation(envelope: Envelope, expected_shape: tuple[int, ...]) -> Tensor:
-    """The float32 activation in ``envelope``, checked against ``expected_shape`` (the split point's)."""
+    """The float32 activation in ``envelope``, checked against ``expected_shape`` (the split point's).
+
+    An fp32 activation shares memory with the payload rather than copying it (a copy costs
+    as much as the rest of the decoding at an early split point): treat the tensor as
+    read-only. The receivers stack their batch with ``torch.cat``, which copies.
+    """
     h = envelope.header
     if h.get("encoding") != "activation":
         raise MessageError("encoding", f"expected an activation payload, got {h.get('encoding')!r}")
@@ -184,37 +173,37 @@ def decode_activation(envelope: Envelope, expected_shape: tuple[int, ...]) -> Te
     if layout not in ("nchw", "nhwc") or (layout == "nhwc" and len(shape) != 4):
         raise MessageError("shape", f"activation layout {layout!r} must be nchw, or nhwc for 4-d activations")
     raw = _decompress(envelope.payload, c.compress, expected_bytes)
-    if c.format in ("fp32", "fp16"):
-        # bytearray: a writable copy torch can wrap; torch converts fp16 in hardware, numpy does not.
-        flat = torch.frombuffer(bytearray(raw), dtype=_TORCH_DTYPE[c.format]).float()
+    wire_shape = (shape[0], shape[2], shape[3], shape[1]) if layout == "nhwc" else tuple(shape)
+    if c.format == "fp32":  # the received bytes themselves, read-only (see above)
+        values = np.frombuffer(raw, dtype=np.float32).reshape(wire_shape)
+    elif c.format == "fp16":  # widened by torch, which converts fp16 in hardware
+        values = np.frombuffer(raw, dtype=np.float16).reshape(wire_shape)
     else:
-        flat = torch.from_numpy(_dequantize(h, np.frombuffer(raw, dtype=np.int8), shape, layout, c.format))
+        values = _dequantize(h, np.frombuffer(raw, dtype=np.int8).reshape(wire_shape), layout, c.format)
     if layout == "nhwc":  # back to logical NCHW as a channels-last view: no copy, and what the model prefers
-        n, ch, hh, ww = shape
-        return flat.reshape(n, hh, ww, ch).permute(0, 3, 1, 2)
-    return flat.reshape(shape)
+        values = values.transpose(0, 3, 1, 2)
+    out = torch.from_numpy(values)
+    return out.float() if c.format == "fp16" else out
 
 
-def _dequantize(h: dict[str, Any], q: np.ndarray, shape: list[int], layout: str, fmt: str) -> np.ndarray:
+def _dequantize(h: dict[str, Any], q: np.ndarray, layout: str, fmt: str) -> np.ndarray:
     """``(q - zero_point) * scale`` as float32 in wire order, the header's parameters checked first."""
-    channels = shape[1] if fmt == "int8-channel" and len(shape) > 1 else 1
+    per_channel = fmt == "int8-channel" and q.ndim > 1
+    view = _channel_view(q, layout == "nhwc", per_channel)
+    channels = view.shape[1] if per_channel else 1
     scale = _params(h, "scale", channels)
     zero = _params(h, "zero_point", channels)
     # Plain Python over the lists: numpy's fixed cost per call would exceed the check. A NaN or
     # an infinity makes the sum non-finite, whatever the order min and max see it in.
     if not (math.isfinite(sum(scale) + sum(zero)) and min(scale) > 0 and min(zero) >= -128 and max(zero) <= 127):
         raise MessageError("payload", "int8 scale must be finite and positive, zero point within -128..127")
-    if channels == 1:
-        out = q.astype(np.float32)
-        out -= np.float32(zero[0])
-        out *= np.float32(scale[0])
-        return out
-    wire_shape = (shape[0], shape[2], shape[3], shape[1]) if layout == "nhwc" else tuple(shape)
-    rows, k = _channel_rows(q.reshape(wire_shape), layout == "nhwc")
-    out = rows.astype(np.float32)
-    out -= _spread(np.array(zero, dtype=np.float32), k)
-    out *= _spread(np.array(scale, dtype=np.float32), k)
-    return out.reshape(-1)
+    from agents.transport import int8_kernels
+
+    if not per_channel:  # one scale for every lane
+        scale, zero = scale * view.shape[1], zero * view.shape[1]
+    out = np.empty(view.shape, np.float32)
+    int8_kernels.dequantize(view, np.array(scale, dtype=np.float32), np.array(zero, dtype=np.float32), out)
+    return out.reshape(q.shape)
 
 
 def _params(header: dict[str, Any], key: str, n: int) -> list[float]:
