@@ -201,7 +201,12 @@ class DeviceAgent(Agent):
             if last_stage < self.split - 1:  # stages after the last exit on the way
                 act = self.net.model.run(act, start=last_stage + 1, end=self.split, exits=False).activation
             record.stamps["device_end"] = self.now_ns()
-            header, payload = self._split_payload(act, frame)
+            try:
+                header, payload = self._split_payload(act, frame)
+            except ValueError as exc:  # int8 cannot carry NaN or infinity: answer here, count it, go on
+                self.reject("payload", f"frame {rid} not offloaded, answered on the device: {exc}")
+                self._finish_locally(Pending(record, 0.0, act), "local")
+                return
             record.split = self.split
         record.stamps.setdefault("device_end", self.now_ns())
         deadline_ns = frame.capture_ns + self._deadline_ns
@@ -255,7 +260,7 @@ class DeviceAgent(Agent):
             payload = b"".join((payload, frame_bytes))
         return header, payload
 
-    def _finish_locally(self, pending: Pending) -> None:
+    def _finish_locally(self, pending: Pending, outcome: str = "timeout") -> None:
         """No answer by the deadline: the device's own best answer (for a split frame, its model run to the end)."""
         record = pending.record
         record.tier = "device"
@@ -267,7 +272,7 @@ class DeviceAgent(Agent):
             record.exit, record.prediction = model.num_exits - 1, int(probs.argmax())
             record.confidence = float(probs.max())
             record.model = self.net.name
-        self._finish(record, "timeout")
+        self._finish(record, outcome)
 
     def _finish(self, record: FrameRecord, outcome: str) -> None:
         record.outcome = outcome

@@ -273,3 +273,26 @@ def test_forward_frame_sends_the_original_frame_to_the_cloud_model(
         else:
             assert r["model"] == "device-small" and r["prediction"] == device_final[frame]
     assert all(int(str(r["bytes_up"])) > 8192 for r in by_frame.values())  # the fp32 activation plus the PNG
+
+
+def test_an_activation_int8_cannot_carry_is_answered_on_the_device(
+    tmp_path: Path, broker: BrokerProcess, watcher: Watcher
+) -> None:
+    # A checkpoint whose first convolution holds a NaN: every activation does too, and int8 has no code for it.
+    broken = tmp_path / "broken"
+    shutil.copytree(Path(CalibratedModel("device-small").meta["_path"]).parent, broken)
+    weights = broken / "device-small.safetensors"
+    state = load_file(str(weights))
+    conv = next(k for k, v in state.items() if k.startswith("stages.0.") and v.dim() == 4)
+    state[conv][0, 0, 0, 0] = float("nan")
+    save_file(state, str(weights), metadata={"architecture": "device-small"})
+    dev = {**_device("dev1", 1, "int8"), "model": str(broken), "source": _source(5)}
+    tiers = {"edge": {"model": "edge-medium", "split_models": {str(broken): {}}}}
+    cfg = write_config(tmp_path, broker, broker=_broker_section(broker), devices=[dev], tiers=tiers)
+    _run_devices(tmp_path, cfg, ["dev1"])  # exits 0: the device kept going
+    recs = records(tmp_path)
+    assert len(recs) == 5 and {r["outcome"] for r in recs} == {"local"}
+    final = CalibratedModel("device-small").model.num_exits - 1  # the device ran its model to the end
+    assert {r["tier"] for r in recs} == {"device"} and {r["exit"] for r in recs} == {final}
+    log = (tmp_path / "dev1.log").read_text()
+    assert "rejected a message (payload)" in log and "NaN or infinite" in log and "answered on the device" in log
