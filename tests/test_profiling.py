@@ -79,6 +79,10 @@ def test_untrained_zoo_model_and_unknown_names() -> None:
     target = load_model("resnet18")
     assert not target.trained and target.source == "zoo (untrained)"
     assert load_model("device-small").trained
+    # Either way the weights are channels-last, as the agents hold them: no per-call weight copy is profiled.
+    for name in ("resnet18", "device-small"):
+        convs = [m for m in load_model(name).model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     with pytest.raises(UserError, match=r"huge-net.*device-small.*resnet18"):
         load_model("huge-net")
 
