@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,17 @@ def _device(dev_id: str, split: int, codec: str = "fp32", **extra: object) -> di
 def _run_devices(tmp: Path, cfg: Path, ids: list[str]) -> None:
     procs = [spawn(tmp, "device", "--config", str(cfg), "--id", i, name=i) for i in ids]
     assert [p.wait(300) for p in procs] == [0] * len(ids)
+
+
+def _altered_copy(tmp: Path, name: str, alter: Callable[[dict[str, torch.Tensor]], None]) -> Path:
+    """A copy of device-small's checkpoint directory in ``tmp/name``, its weights changed in place by ``alter``."""
+    copy = tmp / name
+    shutil.copytree(Path(CalibratedModel("device-small").meta["_path"]).parent, copy)
+    weights = copy / "device-small.safetensors"
+    state = load_file(str(weights))
+    alter(state)
+    save_file(state, str(weights), metadata={"architecture": "device-small"})
+    return copy
 
 
 def _unsplit_predictions(ref: str, images: np.ndarray) -> list[int]:
@@ -138,13 +150,11 @@ def test_bad_split_input_is_rejected_and_the_device_falls_back(
     tmp_path: Path, broker: BrokerProcess, watcher: Watcher
 ) -> None:
     # The edge holds a copy of device-small with one weight changed: same name, other digest.
-    copy = tmp_path / "other"
-    shutil.copytree(Path(CalibratedModel("device-small").meta["_path"]).parent, copy)
-    weights = copy / "device-small.safetensors"
-    state = load_file(str(weights))
-    first = next(iter(state))
-    state[first] = state[first] + 0.01
-    save_file(state, str(weights), metadata={"architecture": "device-small"})
+    def nudge(state: dict[str, torch.Tensor]) -> None:
+        first = next(iter(state))
+        state[first] = state[first] + 0.01
+
+    copy = _altered_copy(tmp_path, "other", nudge)
     edge_tiers = {"edge": {"model": "edge-medium", "threads": 1, "split_models": {str(copy): {}}}}
     broker_cfg = {"host": broker.host, "port": broker.port, "max_payload_bytes": 1 << 20, "reassembly_timeout_s": 1.0}
     edge_cfg = write_config(tmp_path, broker, broker=broker_cfg, devices=[], tiers=edge_tiers)
@@ -279,13 +289,11 @@ def test_an_activation_int8_cannot_carry_is_answered_on_the_device(
     tmp_path: Path, broker: BrokerProcess, watcher: Watcher
 ) -> None:
     # A checkpoint whose first convolution holds a NaN: every activation does too, and int8 has no code for it.
-    broken = tmp_path / "broken"
-    shutil.copytree(Path(CalibratedModel("device-small").meta["_path"]).parent, broken)
-    weights = broken / "device-small.safetensors"
-    state = load_file(str(weights))
-    conv = next(k for k, v in state.items() if k.startswith("stages.0.") and v.dim() == 4)
-    state[conv][0, 0, 0, 0] = float("nan")
-    save_file(state, str(weights), metadata={"architecture": "device-small"})
+    def poison(state: dict[str, torch.Tensor]) -> None:
+        conv = next(k for k, v in state.items() if k.startswith("stages.0.") and v.dim() == 4)
+        state[conv][0, 0, 0, 0] = float("nan")
+
+    broken = _altered_copy(tmp_path, "broken", poison)
     dev = {**_device("dev1", 1, "int8"), "model": str(broken), "source": _source(5)}
     tiers = {"edge": {"model": "edge-medium", "split_models": {str(broken): {}}}}
     cfg = write_config(tmp_path, broker, broker=_broker_section(broker), devices=[dev], tiers=tiers)
