@@ -3,10 +3,11 @@
 Why compiled: the numpy version took about ten whole-array calls a side, and
 per channel it needed a reshaping trick to keep its inner loops long. Measured on
 the shipped ``device-small`` (``benchmarks/split_codec``), per-channel encode +
-decode went from 92 to 50 µs at split 1 and from 68 to 35 µs at split 2. Inside
-the device loop, where every call finds its caches evicted by the model, the
-per-channel path went from 226 to 173 µs at split 2. Per tensor the two are
-about even (51 and 48 µs at split 1). numba compiles these loops once per
+decode went from 92 to 50 µs at split 1 and from 68 to 35 µs at split 2; per
+tensor the two are about even alone (51 and 48 µs at split 1). Inside the device
+loop, where every call finds its caches evicted by the model, it added 226 µs
+per channel and 162 µs per tensor at split 2 before, and 109 and 123 µs after
+(encode and decode only, one run each). numba compiles these loops once per
 machine and caches the result (``NUMBA_CACHE_DIR``, else next to this file or in
 the user's cache).
 
