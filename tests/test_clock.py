@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from agents.datasets import SAMPLE_TAR
-from agents.telemetry.clock import ClockSync, ntp_sample
+from agents.telemetry.clock import ClockEstimate, ClockSync, ntp_sample, pong
 from agents.transport.broker import BrokerProcess
-from agents.transport.envelope import Envelope, MessageError
+from agents.transport.envelope import Envelope, MessageError, decode
 from tests.harness import Watcher, records, spawn, stop, write_config
 
 
@@ -60,6 +62,46 @@ def test_malformed_answer_is_refused() -> None:
         sync.on_pong(Envelope({"kind": "clock_pong", "id": "abc", "agent": "e", "t2": "x", "t3": 6}), 10)
     with pytest.raises(MessageError, match="lacks"):
         sync.on_pong(Envelope({"kind": "clock_pong", "id": "abc", "agent": "e"}), 10)
+
+
+def test_a_tier_that_subscribes_late_is_asked_again_within_seconds() -> None:
+    # Agents start together: the cloud subscribes to its clock topic only after the first round has gone
+    # by, so that round's pings to it are lost (QoS 0). The next round must not wait the whole interval.
+    estimates: list[ClockEstimate] = []
+    cloud_up = threading.Event()
+    now = time.monotonic_ns
+
+    def publish(topic: str, wire: bytes) -> None:
+        tier = topic.split("/")[-2]
+        if tier == "cloud" and not cloud_up.is_set():
+            return  # nobody subscribed yet
+        _, reply = pong(decode(wire), f"{tier}-1", tier, now(), now)
+        sync.on_pong(decode(reply), now())
+
+    sync = ClockSync(
+        publish=publish,
+        ping_topics={"edge": "cascade/t/edge/clock", "cloud": "cascade/t/cloud/clock"},
+        reply_topic="cascade/t/agents/dev1/clock",
+        agent_id="dev1",
+        now_ns=now,
+        on_estimate=estimates.append,
+        samples=2,
+        interval_s=30.0,
+        spacing_s=0.01,
+    )
+    sync.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not estimates and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [e.peer for e in estimates] == ["edge-1"]  # the first round heard the edge only
+        cloud_up.set()
+        started = time.monotonic()
+        while not any(e.peer == "cloud-1" for e in estimates) and time.monotonic() < started + 5:
+            time.sleep(0.01)
+    finally:
+        sync.stop()
+    assert any(e.peer == "cloud-1" for e in estimates), "the cloud was not asked again within 5 s (interval 30 s)"
 
 
 def test_injected_skew_is_recovered_and_one_way_latencies_corrected(

@@ -27,6 +27,9 @@ from agents.transport.envelope import Envelope, MessageError, encode
 
 log = logging.getLogger(__name__)
 
+#: Seconds before the next round when a tier gave no answer in the last one (instead of the interval).
+RETRY_S = 1.0
+
 Publish = Callable[[str, bytes], None]
 
 
@@ -191,9 +194,15 @@ class ClockSync:
         while not self._stop.is_set():
             if self.ready is not None and not self.ready(1.0):
                 continue
+            wait_s = self.interval_s
             try:
-                for est in self.run_round():
+                estimates = self.run_round()
+                for est in estimates:
                     self.on_estimate(est)
+                # A tier that did not answer has usually not subscribed yet (agents start together, and a
+                # ping is QoS 0): ask again soon rather than a whole interval later.
+                if set(self.ping_topics) - {est.peer_role for est in estimates}:
+                    wait_s = min(self.interval_s, RETRY_S)
             except Exception:  # a failed round must not end clock sync for the agent's lifetime
                 log.exception("clock sync round failed; next round in %.0f s", self.interval_s)
-            self._stop.wait(self.interval_s)
+            self._stop.wait(wait_s)
