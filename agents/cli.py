@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from agents.allocator import keep_freed_memory
 from agents.datasets import SAMPLE_TAR
 from agents.errors import UserError
 
@@ -295,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    keep_freed_memory()  # before any tensor: activations reused, not page-faulted back in on every call
     handler: Handler = args.handler
     try:
         return handler(args)

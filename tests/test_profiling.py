@@ -174,6 +174,20 @@ def test_convolution_paths_are_told_apart() -> None:
     assert isinstance(small, Layer) and small.type == "conv.im2col" and small.features["weight_copy"] == 16 * 32 * 9
     assert isinstance(big, Layer) and big.type == "conv" and big.features["macs"] == 8 * 32 * 64 * 16 * 9
     assert isinstance(depthwise, Layer) and depthwise.type == "dwconv"
+    # few_rows_macs: an im2col product multiplies the output pixels of one image (64 here: full rate)
+    assert small.features["few_rows_macs"] == 0.0
+
+
+def test_matrix_products_of_few_rows() -> None:
+    x = torch.zeros(1, 512, 4, 4).contiguous(memory_format=torch.channels_last)
+    w = torch.zeros(512, 512, 3, 3).contiguous(memory_format=torch.channels_last)
+    conv = classify(torch.conv2d, (x, w, None, 1, 1), {}, F.conv2d(x, w, None, 1, 1))
+    assert isinstance(conv, Layer) and conv.type == "conv.im2col"
+    assert conv.features["few_rows_macs"] == conv.features["macs"] * (1 - 16 / 64)  # 16 rows of 64
+    for batch, share in ((1, 63 / 64), (16, 48 / 64), (64, 0.0), (128, 0.0)):
+        u, weight = torch.zeros(batch, 256), torch.zeros(10, 256)
+        linear = classify(F.linear, (u, weight), {}, F.linear(u, weight))
+        assert isinstance(linear, Layer) and linear.features["few_rows_macs"] == pytest.approx(batch * 2560 * share)
 
 
 def test_features_of_the_cheap_types() -> None:
