@@ -22,7 +22,7 @@ from agents.errors import UserError
 from agents.evaluation.latency import stage_latency
 from agents.models.zoo import build_model
 from agents.profiling.export import profile_points, write_points
-from agents.profiling.layers import TYPES, Layer, classify, record, record_stages
+from agents.profiling.layers import TYPES, Layer, capture_one, classify, record, record_stages
 from agents.profiling.loading import load_model
 from agents.profiling.node import NodeIdentity, cpu_model, node_identity
 from agents.profiling.predictor import FIT_SCHEMA, Predictor, TypeModel, fit, fit_type, load_fit, nnls, save_fit
@@ -155,6 +155,17 @@ def test_every_generator_makes_its_type() -> None:
     assert measure("module", seed=0, reps=2).layer.type == "module"
     jobs = plan(4, seed=1)
     assert {k for k, _ in jobs} == set(TYPES) and jobs == plan(4, seed=1)
+
+
+def test_synthetic_convolutions_mostly_have_channels_last_weights() -> None:
+    copied = []
+    for seed in range(40):
+        with torch.inference_mode():
+            layer = capture_one(GENERATORS["conv.im2col"](random.Random(seed)))
+        if layer.features["cols_elems"] > 0:  # not a plain 1×1, whose two layouts are the same
+            copied.append(layer.features["weight_copy"] > 0)
+    # as the agents run them (no copy), and a quarter copied so the fit can tell the copy apart
+    assert 0 < sum(copied) < len(copied) / 2, copied
 
 
 def test_convolution_paths_are_told_apart() -> None:

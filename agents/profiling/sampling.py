@@ -67,6 +67,14 @@ def _conv_channels(rng: random.Random, h: int) -> tuple[int, int]:
     return cin, cout
 
 
+#: Share of synthetic convolutions with channels-last weights, as every model the agents and
+#: ``cascade profile`` load has them; the rest keep the default layout, which PyTorch copies into
+#: channels-last on every call, so the fit can tell that copy (``weight_copy``) from the rest of a
+#: weight's cost. With default-layout weights only, the two were the same column for every kernel
+#: larger than 1×1 and a channels-last model was priced by extrapolation.
+CHANNELS_LAST_WEIGHTS = 0.75
+
+
 def _conv(im2col: bool) -> Callable[[random.Random], Call]:
     """Convolutions that PyTorch runs through its im2col path (``im2col``) or through oneDNN (not)."""
 
@@ -83,6 +91,8 @@ def _conv(im2col: bool) -> Callable[[random.Random], Call]:
                 continue
             x = _map(rng, b, cin, h)
             w = torch.randn(cout, cin, k, k) * 0.05
+            if rng.random() < CHANNELS_LAST_WEIGHTS:
+                w = w.contiguous(memory_format=torch.channels_last)
             if (conv_path(x, w, None, stride, pad, 1, 1) == "conv.im2col") == im2col:
                 break
         bias = torch.zeros(cout) if rng.random() < 0.3 else None
