@@ -40,7 +40,8 @@ TRIM_THRESHOLD = 2**31 - 1
 ENV = "CASCADE_MALLOC"
 
 
-def _glibc() -> bool:
+def is_glibc() -> bool:
+    """Whether this process runs on glibc, whose ``mallopt`` thresholds this module sets."""
     try:
         return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")  # type: ignore[union-attr]
     except (AttributeError, ValueError, OSError):
@@ -52,7 +53,7 @@ def keep_freed_memory() -> bool:
     if os.environ.get(ENV, "").strip().lower() == "default":
         log.debug("%s=default: glibc malloc thresholds left as they are", ENV)
         return False
-    if not _glibc():
+    if not is_glibc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
