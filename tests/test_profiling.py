@@ -201,6 +201,40 @@ def test_matrix_products_of_few_rows() -> None:
         assert isinstance(linear, Layer) and linear.features["few_rows_macs"] == pytest.approx(batch * 2560 * share)
 
 
+def test_matrix_products_whose_rows_alias_in_the_cache() -> None:
+    def conv(cin: int, cout: int, h: int, k: int = 3) -> Layer:
+        x = torch.zeros(1, cin, h, h).contiguous(memory_format=torch.channels_last)
+        w = torch.zeros(cout, cin, k, k).contiguous(memory_format=torch.channels_last)
+        layer = classify(torch.conv2d, (x, w, None, 1, k // 2), {}, F.conv2d(x, w, None, 1, k // 2))
+        assert isinstance(layer, Layer) and layer.type == "conv.im2col"
+        return layer
+
+    # resnet18's last stage: rows 9·512 floats = 18 KiB apart, two sets
+    assert conv(512, 512, 4).features["aliased_macs"] == conv(512, 512, 4).features["macs"] / 2
+    assert conv(1024, 512, 4).features["aliased_macs"] == conv(1024, 512, 4).features["macs"]  # 36 KiB: one set
+    assert conv(1024, 512, 4, k=1).features["aliased_macs"] == conv(1024, 512, 4, k=1).features["macs"]
+    for layer in (conv(520, 512, 4), conv(256, 512, 4), conv(512, 256, 4), conv(512, 768, 4), conv(512, 512, 2)):
+        assert layer.features["aliased_macs"] == 0.0, layer.label  # rows apart by other strides; outside the window
+
+    def linear(batch: int, fin: int, fout: int) -> float:
+        u, weight = torch.zeros(batch, fin), torch.zeros(fout, fin)
+        layer = classify(F.linear, (u, weight), {}, F.linear(u, weight))
+        assert isinstance(layer, Layer)
+        return layer.features["aliased_macs"] / layer.features["macs"]
+
+    assert (linear(16, 4096, 512), linear(63, 2560, 704), linear(16, 4104, 512)) == (1.0, 0.5, 0.0)
+    assert (linear(1, 4096, 512), linear(64, 4096, 512), linear(16, 4096, 320)) == (0.0, 0.0, 0.0)
+
+
+def test_synthetic_products_include_aliased_rows() -> None:
+    """Random shapes almost never alias; the sampler draws some that do, so the fit can price them."""
+    for kind in ("conv.im2col", "linear"):
+        with torch.inference_mode():
+            layers = [capture_one(GENERATORS[kind](random.Random(seed))) for seed in range(100)]
+        aliased = sum(layer.features["aliased_macs"] > 0 for layer in layers)
+        assert 4 <= aliased <= 30, (kind, aliased)
+
+
 def test_features_of_the_cheap_types() -> None:
     def cl(*shape: int) -> torch.Tensor:
         return torch.ones(*shape).contiguous(memory_format=torch.channels_last)

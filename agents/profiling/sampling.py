@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.evaluation.latency import time_call, timed_calls
-from agents.profiling.layers import TYPES, Layer, capture_one, conv_path
+from agents.profiling.layers import ALIASED_ROWS, TYPES, Layer, capture_one, conv_path
 
 Call = Callable[[], object]
 
@@ -75,6 +75,17 @@ def _conv_channels(rng: random.Random, h: int) -> tuple[int, int]:
 CHANNELS_LAST_WEIGHTS = 0.75
 
 
+#: Share of synthetic matrix products (im2col convolutions, linear layers) drawn so that their rows
+#: alias in the L1 cache (see :func:`agents.profiling.layers.aliased_macs`): random shapes almost
+#: never do, so without them the fit could not price the slowdown.
+ALIASED_SHARE = 0.2
+
+
+def _aliased_outputs(rng: random.Random) -> int:
+    """Output channels or features around the aliasing window: multiples of 64 in 256–1024."""
+    return 64 * rng.randint(4, 16)
+
+
 def _conv(im2col: bool) -> Callable[[random.Random], Call]:
     """Convolutions that PyTorch runs through its im2col path (``im2col``) or through oneDNN (not)."""
 
@@ -84,6 +95,10 @@ def _conv(im2col: bool) -> Callable[[random.Random], Call]:
             h = rng.choice((2, 4, 8, 8, 16, 16, 32, 32, 31))
             cin, cout = _conv_channels(rng, h)
             k = rng.choice((1, 1, 3, 3, 3, 2)) if h > 2 else 1
+            if im2col and rng.random() < ALIASED_SHARE:
+                # rows 2 or 4 KiB apart (k·k·cin floats a multiple of 512), 16-36 of them (4×4 to 6×6 maps)
+                h, k = rng.choice((4, 4, 5, 6)), rng.choice((1, 3, 3))
+                cin, cout = rng.choice((512, 1024)), _aliased_outputs(rng)
             stride = 2 if rng.random() < 0.15 and h >= 4 else 1
             pad = k // 2 if k != 2 else 0
             out_h = (h + 2 * pad - k) // stride + 1
@@ -115,6 +130,8 @@ def _linear(rng: random.Random) -> Call:
         b = rng.choice(_BATCHES)
         fin = _channels(rng, 16, 2560)
         fout = rng.choice((10, 10, 100)) if rng.random() < 0.4 else _channels(rng, 16, 1280)
+        if rng.random() < ALIASED_SHARE:  # rows 2 or 4 KiB apart, a batch that the BLAS does not pack
+            b, fin, fout = rng.randrange(*ALIASED_ROWS), 512 * rng.randint(1, 5), _aliased_outputs(rng)
         if b * fin * fout <= _MAX_MACS:
             break
     x = torch.randn(b, fin)
