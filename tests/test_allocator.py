@@ -16,20 +16,24 @@ REPO = Path(__file__).resolve().parent.parent
 
 # device-small at batch 32: its activations (up to 4 MiB a tensor) cross glibc's default thresholds.
 _FAULTS_PER_CALL = """
-import resource, sys, torch
+import resource, statistics, sys, torch
 from agents.allocator import keep_freed_memory
 print("tuned", keep_freed_memory())
 from agents.models.checkpoint import load_checkpoint, resolve_checkpoint
 model, _ = load_checkpoint(resolve_checkpoint("device-small"))
 x = model.example_input(32).contiguous(memory_format=torch.channels_last)
+faults = []
 with torch.inference_mode():
     for _ in range(5):
         model(x)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
+    for _ in range(15):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         model(x)
-    print("faults", (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print("faults", statistics.median(faults))
 """
+# The median call: now and then one call grows the heap once (about 500 faults, 2 MiB, seen in 3 of
+# 14 tuned runs), which is not the every-call faulting this is about.
 
 glibc_only = pytest.mark.skipif(not is_glibc(), reason="mallopt thresholds are glibc's")
 
@@ -48,9 +52,14 @@ def _faults(malloc: str | None) -> tuple[bool, float]:
 @glibc_only
 def test_batched_inference_stops_page_faulting_on_every_call() -> None:
     tuned, faults = _faults(None)
-    default_tuned, default_faults = _faults("default")
+    # glibc's own thresholds: freed activations go back to the kernel and fault in again, about 2,400 a
+    # call here. Its threshold moves with what was freed, so now and then a process settles before the
+    # timed calls (1 of 8 here): up to three processes, to see the faulting the setting removes.
+    for _ in range(3):
+        default_tuned, default_faults = _faults("default")
+        if default_faults > 500:
+            break
     assert tuned and not default_tuned
-    # glibc's own thresholds: freed activations go back to the kernel and fault in again (about 3,500 a call here)
     assert default_faults > 500, default_faults
     assert faults < 20, faults
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from agents.cli import main
 from agents.errors import UserError
-from agents.evaluation.latency import stage_latency
+from agents.evaluation.latency import stage_latency, time_in_rounds
 from agents.models.zoo import build_model
 from agents.profiling.export import profile_points, write_points
 from agents.profiling.layers import TYPES, Layer, capture_one, classify, record, record_stages
@@ -269,6 +269,13 @@ def test_stages_in_rounds_and_layers_in_passes() -> None:
     ticks: list[int] = []
     rounds = stage_latency(model, 1, reps=3, warmup=1, exits=False, on_stage=lambda: ticks.append(1), rounds=3)
     assert [s.stage for s in rounds] == [0, 1, 2, 3] and all(s.median_ms > 0 for s in rounds) and len(ticks) == 4
+    order: list[str] = []
+    timings = time_in_rounds([lambda: order.append("a"), lambda: order.append("b")], rounds=3, reps=3, warmup=1)
+    assert [t.reps for t in timings] == [3, 3] and order == ["a", "a", "b", "b"] * 3  # warm-up + 1 timed, turn by turn
+    wholes = Effort(reps=3, warmup=1, warmup_s=0.0, measure_s=0.0).wholes(
+        [(model, 1), (model, 2)], lambda: ticks.append(1)
+    )
+    assert len(wholes) == 2 and all(t.median_ms > 0 and t.reps == 3 for t in wholes) and len(ticks) == 6
     calls: list[int] = []
     samples = measure_all([("view", 1), ("act.relu", 2)], reps=2, on_sample=lambda: calls.append(1), passes=2)
     assert [s.layer.type for s in samples] == ["view", "act.relu"] and len(calls) == 4

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -128,14 +128,9 @@ def stage_latency(
 
     ``on_stage`` is called after each stage is timed (a progress bar's update).
 
-    With ``rounds`` > 1 (the profiler's way; ``cascade eval`` uses one), each stage is timed in that
-    many rounds that take turns with the other stages (stage 1, 2, …, then 1, 2, … again), each round
-    with a ``rounds``-th of ``reps`` and ``min_s`` after ``warmup`` calls (the first round also
-    ``warmup_s`` seconds, later ones a quarter of it), and the stage's median is the median of its
-    rounds' medians. A burst of noise on the host then spoils one round rather than the whole
-    measurement, and is outvoted. A round during which other processes kept more than
-    :data:`BUSY_CORES` cores busy is timed again (at most :data:`ROUND_RETRIES` times).
-    The p95 is over all timed calls of the kept rounds.
+    With ``rounds`` > 1 (the profiler's way; ``cascade eval`` uses one), the stages are timed by
+    :func:`time_in_rounds`: in that many rounds that take turns with the other stages, each stage's
+    median the median of its rounds' medians.
     """
     model.eval()
     x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
@@ -155,10 +150,32 @@ def stage_latency(
         x = step()
     if rounds <= 1:
         return result
-    medians: list[list[float]] = [[] for _ in steps]
-    pooled: list[list[float]] = [[] for _ in steps]
+    timings = time_in_rounds(steps, rounds, reps, warmup, warmup_s, min_s, on_stage)
+    return [StageLatency(k, batch, t.median_ms, t.p95_ms) for k, t in enumerate(timings)]
+
+
+def time_in_rounds(
+    calls: Sequence[Callable[[], object]],
+    rounds: int,
+    reps: int = 30,
+    warmup: int = 5,
+    warmup_s: float = 0.0,
+    min_s: float = 0.0,
+    on_done: Callable[[], object] | None = None,
+) -> list[Timing]:
+    """Time ``calls`` in ``rounds`` rounds taking turns (1, 2, …, then 1, 2, …): each one's median of round medians.
+
+    Each round of a call has a ``rounds``-th of ``reps`` and ``min_s`` after ``warmup`` calls (the
+    first round also ``warmup_s`` seconds, later ones a quarter of it). A burst of noise on the host
+    then spoils one round rather than the whole measurement, and is outvoted. A round during which
+    other processes kept more than :data:`BUSY_CORES` cores busy is timed again (at most
+    :data:`ROUND_RETRIES` times). The p95 is over all timed calls of the kept rounds.
+    ``on_done`` is called once per call, after its last round.
+    """
+    medians: list[list[float]] = [[] for _ in calls]
+    pooled: list[list[float]] = [[] for _ in calls]
     for r in range(rounds):
-        for k, call in enumerate(steps):
+        for k, call in enumerate(calls):
             for attempt in range(ROUND_RETRIES + 1):
                 busy = _busy_meter()
                 samples = timed_calls(
@@ -173,9 +190,9 @@ def stage_latency(
                     break
             medians[k].append(statistics.median(samples))
             pooled[k] += samples
-            if r == rounds - 1 and on_stage is not None:
-                on_stage()
-    return [StageLatency(k, batch, statistics.median(medians[k]), p95(pooled[k])) for k in range(len(steps))]
+            if r == rounds - 1 and on_done is not None:
+                on_done()
+    return [Timing(statistics.median(m), p95(s), len(s)) for m, s in zip(medians, pooled, strict=True)]
 
 
 @torch.inference_mode()
@@ -216,11 +233,16 @@ def whole_model_latency(model: StagedModel, batch: int = 1, reps: int = 50, warm
     return whole_model_timing(model, batch, reps, warmup).median_ms
 
 
+def whole_model_call(model: StagedModel, batch: int = 1) -> Callable[[], object]:
+    """One forward pass of the whole model (every exit computed) at ``batch``, on channels-last zeros, to time."""
+    model.eval()
+    x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
+    return lambda: model(x)
+
+
 @torch.inference_mode()
 def whole_model_timing(
     model: StagedModel, batch: int = 1, reps: int = 50, warmup: int = 10, warmup_s: float = 0.0, min_s: float = 0.0
 ) -> Timing:
     """Median and p95 milliseconds of the whole model, every exit computed, at ``batch``."""
-    model.eval()
-    x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
-    return time_call(lambda: model(x), reps, warmup, warmup_s=warmup_s, min_s=min_s)
+    return time_call(whole_model_call(model, batch), reps, warmup, warmup_s=warmup_s, min_s=min_s)

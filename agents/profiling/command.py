@@ -171,12 +171,13 @@ def _fit(args: argparse.Namespace) -> int:
         for sample in sampling.measure_all(jobs, reps, on_sample=lambda: bar.update()):
             measured.append((sample.layer, sample.median_ms))
     predictor = fit(measured, HOLDOUT, args.seed, node)
-    validation = []
-    with _bar(len(targets) * len(batches), "validate on models") as bar:
-        for target in targets:
-            for batch in batches:
-                validation.append(validate_model(predictor, target.model, target.name, batch, _effort(args)))
-                bar.update()
+    runs = [(target, batch) for target in targets for batch in batches]
+    with _bar(len(runs), "validate on models") as bar:
+        timings = _effort(args).wholes([(target.model, batch) for target, batch in runs], on_done=bar.update)
+    validation = [
+        validate_model(predictor, target.model, target.name, batch, timing.median_ms)
+        for (target, batch), timing in zip(runs, timings, strict=True)
+    ]
     holdout = _holdout_flags(measured, HOLDOUT, args.seed)
     extra = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -222,14 +223,10 @@ def _holdout_flags(measured: list[tuple[Layer, float]], share: float, seed: int)
     return flags
 
 
-def validate_model(
-    predictor: Predictor, model: StagedModel, name: str, batch: int, effort: Effort | None = None
-) -> dict[str, Any]:
-    """Predicted against measured whole-model milliseconds (every exit computed) at ``batch``."""
+def validate_model(predictor: Predictor, model: StagedModel, name: str, batch: int, measured: float) -> dict[str, Any]:
+    """Predicted whole-model milliseconds (every exit computed) at ``batch`` against ``measured``."""
     whole = record_stages(model, batch)[2]
     prediction = predictor.predict(whole)
-    effort = effort or Effort()
-    measured = effort.whole(model, batch).median_ms
     return {
         "model": name,
         "batch": batch,
