@@ -149,20 +149,22 @@ ALIASED_COLS = (384, 704)
 
 
 def aliased_macs(macs: float, rows: int, depth: int, cols: int, elem_bytes: int = 4) -> float:
-    """MACs of a matrix product whose operand rows all fall in one or two L1 cache sets, halved for two.
+    """MACs of a matrix product whose operand rows all fall in one or two L1 cache sets, weighted by how much it slows.
 
     A product of ``rows`` × ``depth`` by ``depth`` × ``cols`` reads rows that lie ``depth ·
     elem_bytes`` apart. When that distance is a multiple of 2 KiB they share at most two L1 sets
     and evict each other. Measured here at 16 rows (a 4×4 map, or a batch of 16), 3×3 convolutions
     and linear layers of 384–704 outputs ran 1.5× slower when the rows were 2 KiB-aligned (512
     input channels: 23 ps a MAC against 14 for 504 or 520) and 2–2.3× slower when 4 KiB-aligned
-    (1024 channels); resnet18's last stage is three such convolutions. Zero outside
-    :data:`ALIASED_ROWS` and :data:`ALIASED_COLS`, where the products ran at their usual rate.
+    (1024 channels); resnet18's last stage is three such convolutions. The slowdown shrinks as the
+    rows grow (for 4 KiB, 2.25× at 16 rows, 1.9× at 32, 1.6× at 56), about as 1.5 − rows/64, and
+    halves for two sets instead of one. Zero outside :data:`ALIASED_ROWS` and :data:`ALIASED_COLS`,
+    where the products ran at their usual rate.
     """
     if not (ALIASED_ROWS[0] <= rows < ALIASED_ROWS[1] and ALIASED_COLS[0] <= cols <= ALIASED_COLS[1]):
         return 0.0
     sets = CRITICAL_STRIDE // math.gcd(depth * elem_bytes, CRITICAL_STRIDE)
-    return macs / sets if sets <= 2 else 0.0
+    return macs / sets * (1.5 - rows / FEW_ROWS) if sets <= 2 else 0.0
 
 
 @dataclass(frozen=True)
