@@ -32,8 +32,8 @@ with torch.inference_mode():
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print("faults", statistics.median(faults))
 """
-# The median call: now and then one call grows the heap once (about 500 faults, 2 MiB, seen in 3 of
-# 14 tuned runs), which is not the every-call faulting this is about.
+# The median call: now and then the heap grows once or twice in the timed calls (60–500 faults in all,
+# seen in 5 of 14 tuned runs), which is not the every-call faulting this is about.
 
 glibc_only = pytest.mark.skipif(not is_glibc(), reason="mallopt thresholds are glibc's")
 
