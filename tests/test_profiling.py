@@ -15,18 +15,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from agents.cli import main
 from agents.errors import UserError
 from agents.evaluation.latency import stage_latency, time_in_rounds
 from agents.models.zoo import build_model
 from agents.profiling.export import profile_points, write_points
+from agents.profiling.inside import TypeTimes, by_type, layer_times
 from agents.profiling.layers import TYPES, Layer, capture_one, classify, record, record_stages
 from agents.profiling.loading import load_model
 from agents.profiling.node import NodeIdentity, cpu_model, node_identity
 from agents.profiling.predictor import FIT_SCHEMA, Predictor, TypeModel, fit, fit_type, load_fit, nnls, save_fit
-from agents.profiling.sampling import GENERATORS, measure, measure_all, plan
+from agents.profiling.sampling import GENERATORS, CacheFlush, measure, measure_all, plan
 from agents.profiling.stages import PROFILE_SCHEMA, Effort, load_profile, profile_model, save_profile
 from agents.telemetry.influx import InfluxTarget, influx_query
 from agents.telemetry.influxd import InfluxServer
@@ -255,13 +256,47 @@ def test_features_of_the_cheap_types() -> None:
     relu, relu_, sig = one(lambda: F.relu(x)), one(lambda: F.relu(y, inplace=True)), one(lambda: torch.sigmoid(x))
     assert (relu.features["allocates"], relu_.features["allocates"]) == (1.0, 0.0)
     assert (sig.type, sig.features["exp_per_thread"], relu.features["exp_per_thread"]) == ("act.other", 640.0, 0.0)
+    silu = one(lambda: F.silu(x))  # a Python function around the kernel; torch.sigmoid is a builtin
+    assert (silu.type, silu.features["python_call"], sig.features["python_call"]) == ("act.other", 1.0, 0.0)
     parts = [cl(1, 8, 2, 2), cl(1, 24, 2, 2)]
     cat = one(lambda: torch.cat(parts, 1))
     # 4 pixels, 2 inputs; each copy sweeps the output's 2 cache lines (32 floats) per pixel.
-    assert cat.features == {"out_elems": 128.0, "inputs": 2.0, "chunks": 8.0, "per_thread": 128.0, "sweep_lines": 16.0}
+    small = {"out_elems": 128.0, "inputs": 2.0, "chunks": 8.0, "per_thread": 128.0, "sweep_lines": 16.0}
+    assert cat.features == {**small, "iterators": 0.0, "iterator_chunks": 0.0}  # one serial loop
+    same, mixed = [cl(1, 32, 8, 8) for _ in range(16)], [cl(1, 24 if i % 2 else 40, 8, 8) for i in range(16)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # 32768 elements out: a TensorIterator per input, or one for equal shapes
+        assert one(lambda: torch.cat(mixed, 1)).features["iterators"] == 16.0
+        assert one(lambda: torch.cat(same, 1)).features["iterators"] == 1.0
+        assert one(lambda: torch.cat(same, 1)).features["iterator_chunks"] == 16.0 * 64
+        torch.set_num_threads(1)  # one thread: the serial loop, whatever the size
+        assert one(lambda: torch.cat(mixed, 1)).features["iterators"] == 0.0
+    finally:
+        torch.set_num_threads(threads)
     u, w, b = torch.ones(2, 8), torch.ones(10, 8), torch.ones(10)
     assert one(lambda: F.linear(u, w)).features["bias"] == 0.0
     assert one(lambda: F.linear(u, w, b)).features["bias"] == 1.0
+
+
+def test_the_flush_then_warms_a_block_of_the_outputs_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    flush = CacheFlush(1)
+    between = flush.then_warm(torch.ones(3, 5, dtype=torch.float64))
+    written: list[Tensor] = []
+    real_empty = torch.empty
+
+    def spy(*args: Any, **kwargs: Any) -> Tensor:
+        block = real_empty(*args, **kwargs)
+        written.append(block)
+        return block
+
+    monkeypatch.setattr(torch, "empty", spy)
+    before = flush.buffer[0].item()
+    between()
+    assert flush.buffer[0].item() == before + 1.0  # the cache flush ran first
+    # Then one block of the output's bytes was written (and freed: the allocator's next block of
+    # that size, most often the same one, is where the layer's output goes).
+    assert [(b.numel(), b.dtype, bool((b == 1).all())) for b in written] == [(15, torch.float64, True)]
 
 
 def test_stages_in_rounds_and_layers_in_passes() -> None:
@@ -341,6 +376,35 @@ def test_fit_file_round_trip(tmp_path: Path) -> None:
     assert loaded.predict_layer(Layer("concat", {})) == 0.0  # a type without samples is not priced
 
 
+def test_layer_times_inside_a_model() -> None:
+    net = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Flatten()).eval()
+    x = torch.randn(1, 64, 32, 32)
+    times = layer_times(lambda: net(x), passes=5, warmup=1)
+    assert [layer.type for layer, _ in times] == [layer.type for layer in record(lambda: net(x)).layers]
+    assert [layer.type for layer, _ in times][1:] == ["act.relu", "view"]
+    (_, conv), (_, relu), (_, flatten) = times
+    assert conv > 10 * relu > 0 and flatten > 0  # 38 M MACs against 65 k comparisons
+
+
+def test_layer_times_refuse_passes_that_branch() -> None:
+    calls = iter(range(100))
+
+    def branching() -> object:
+        x = torch.ones(4)
+        return F.relu(x) if next(calls) % 2 else x
+
+    with pytest.raises(ValueError, match="different numbers of layers"):
+        layer_times(branching, passes=4, warmup=0)
+
+
+def test_per_type_sums_inside_a_model() -> None:
+    predictor = Predictor({"norm": TypeModel("norm", TYPES["norm"], (0.5, 0.0, 0.0))})
+    times = [(Layer("norm", {}), 0.4), (Layer("conv", {}), 2.0), (Layer("norm", {}), 0.6)]
+    rows = by_type(predictor, times)
+    assert rows == [TypeTimes("conv", 1, 0.0, 2.0), TypeTimes("norm", 2, 1.0, 1.0)]  # costliest first; conv unpriced
+    assert rows[1].error == 0.0 and rows[1].to_json()["calls"] == 2
+
+
 # --- command line ------------------------------------------------------------------------------
 
 
@@ -364,6 +428,17 @@ def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
     rows = json.loads(pred.read_text())["batches"][0]["rows"]
     assert [r["part"] for r in rows][-1] == "whole model" and len(rows) == 4 + 3 + 1
     assert all(r["predicted_ms"] > 0 and math.isfinite(r["error"]) for r in rows)
+    # Measured now (no --profile): the per-type table, every call timed inside the model.
+    proc = cascade(
+        "profile", "--predict", "--model", "device-small", "--fit-file", str(fit_file), "--json", str(pred), *common
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "each call timed inside the model" in proc.stdout and "outside layers" in proc.stdout
+    inside = json.loads(pred.read_text())["batches"][0]["inside"]
+    layers = record_stages(load_model("device-small").model, 1)[2].layers
+    assert sum(t["calls"] for t in inside["types"]) == len(layers)
+    assert {t["type"] for t in inside["types"]} == {layer.type for layer in layers}
+    assert all(t["measured_ms"] > 0 and t["predicted_ms"] > 0 for t in inside["types"])
 
 
 def _error_line(capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -398,8 +473,14 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     wrong.write_text(json.dumps({"schema": "cascade-profile/1", "types": {}}))
     assert "cascade-latency-fit/1" in _error_line(capsys, *predict, str(wrong))
     malformed = tmp_path / "malformed.json"
-    malformed.write_text(json.dumps({"schema": FIT_SCHEMA, "types": {"conv": {"features": ["intercept"]}}}))
+    conv = {"features": ["intercept", *TYPES["conv"]], "coef_ms": [1.0]}
+    malformed.write_text(json.dumps({"schema": FIT_SCHEMA, "types": {"conv": conv}}))
     assert "malformed" in _error_line(capsys, *predict, str(malformed))
+    stale = tmp_path / "stale.json"  # written by a version that priced convolutions with other features
+    old_conv = {"features": ["intercept", "macs"], "coef_ms": [0.0, 1.0]}
+    stale.write_text(json.dumps({"schema": FIT_SCHEMA, "types": {"conv": old_conv}}))
+    line = _error_line(capsys, *predict, str(stale))
+    assert "stale.json" in line and "'macs'" in line and "cascade profile --fit" in line
     fit_file = tmp_path / "fit.json"
     save_fit(fit_file, Predictor({}, node_identity()), {})
     profile_file = tmp_path / "profile.json"

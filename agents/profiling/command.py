@@ -21,6 +21,7 @@ from agents.models.staged import StagedModel
 from agents.models.zoo import ZOO
 from agents.profiling import sampling
 from agents.profiling.export import profile_points, write_points
+from agents.profiling.inside import by_type, layer_times
 from agents.profiling.layers import Layer, Recording, record_stages
 from agents.profiling.loading import load_model
 from agents.profiling.node import NodeIdentity, OtherLoad, node_identity, other_load_now
@@ -295,9 +296,12 @@ def _predict(args: argparse.Namespace) -> int:
     for batch in batches:
         if profile is not None:
             measured = measured_from_profile(profile, batch)
+            results.append(predict_stages(predictor, target.model, batch, measured))
         else:
             measured = measure_now(target.model, batch, _effort(args))
-        results.append(predict_stages(predictor, target.model, batch, measured))
+            result = predict_stages(predictor, target.model, batch, measured)
+            result["inside"] = types_inside(predictor, target.model, batch, measured.whole)
+            results.append(result)
     print(format_predict(target.name, results, notes, "profile " + args.profile if args.profile else "measured now"))
     if args.json:
         path = Path(args.json)
@@ -365,6 +369,33 @@ def predict_stages(predictor: Predictor, model: StagedModel, batch: int, measure
     return {"batch": batch, "rows": rows, "unpriced": prediction.unknown}
 
 
+#: Timed passes of the model for the per-type table of ``--predict`` (each layer's median over them).
+INSIDE_PASSES = 20
+
+
+def types_inside(
+    predictor: Predictor, model: StagedModel, batch: int, whole_ms: float, passes: int = INSIDE_PASSES
+) -> dict[str, Any]:
+    """Per layer type, predicted against measured milliseconds with every call timed inside the model.
+
+    The rest of the whole model's ``whole_ms`` (module calls, Python, unpriced functions) is
+    ``outside``: measured as the whole less the layers, predicted as the ``module`` type.
+    """
+    x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
+    try:
+        times = layer_times(lambda: model(x), passes)
+    except ValueError as exc:
+        raise UserError(f"cannot time {model.name!r} layer by layer: {exc}") from None
+    rows = by_type(predictor, times)
+    modules = predictor.predict(record_stages(model, batch)[2]).by_type.get("module", 0.0)
+    outside = whole_ms - math.fsum(ms for _, ms in times)
+    return {
+        "passes": passes,
+        "types": [r.to_json() for r in rows],
+        "outside": {"predicted_ms": round(modules, 4), "measured_ms": round(outside, 4)},
+    }
+
+
 def format_predict(name: str, results: list[dict[str, Any]], notes: list[str], source: str) -> str:
     """A terminal table of predicted against measured latency."""
     lines = [f"{name}: predicted vs measured (median, {source}) latency"]
@@ -379,4 +410,22 @@ def format_predict(name: str, results: list[dict[str, Any]], notes: list[str], s
             )
         if result["unpriced"]:
             lines.append(f"  not priced (no fitted type): {result['unpriced']}")
+        inside = result.get("inside")
+        if inside:
+            lines += [
+                "",
+                f"batch {result['batch']}, per layer type, each call timed inside the model"
+                f" ({inside['passes']} passes):",
+                f"         {'type':<14} {'calls':>5} {'predicted':>10} {'measured':>10} {'error':>8}",
+            ]
+            for row in inside["types"]:
+                lines.append(
+                    f"         {row['type']:<14} {row['calls']:>5} {row['predicted_ms']:8.3f}ms"
+                    f" {row['measured_ms']:8.3f}ms {100 * row['error']:+7.1f}%"
+                )
+            out = inside["outside"]
+            lines.append(
+                f"         {'outside layers':<14} {'':>5} {out['predicted_ms']:8.3f}ms {out['measured_ms']:8.3f}ms"
+                "   (module calls; measured: the whole model less its layers)"
+            )
     return "\n".join(lines)

@@ -208,8 +208,13 @@ def load_fit(path: Path) -> tuple[Predictor, dict[str, Any]]:
                 continue  # a type a newer version fits; this one never records it
             names = tuple(entry["features"][1:])
             coef = tuple(float(c) for c in entry["coef_ms"])
-            if names != TYPES[kind] or len(coef) != len(names) + 1 or any(not math.isfinite(c) for c in coef):
-                raise ValueError(f"type {kind!r}: features {list(names)} / {len(coef)} coefficients do not match")
+            if names != TYPES[kind]:
+                raise UserError(
+                    f"fit file {path}: type {kind!r} was fitted on features {list(names)}, this version prices it"
+                    f" with {list(TYPES[kind])}: fit again with cascade profile --fit --json FILE"
+                )
+            if len(coef) != len(names) + 1 or any(not math.isfinite(c) for c in coef):
+                raise ValueError(f"type {kind!r}: {len(coef)} coefficients for {len(names)} features and an intercept")
             mape_value = entry.get("mape")
             max_value = entry.get("max_ape")
             types[kind] = TypeModel(

@@ -307,6 +307,24 @@ class CacheFlush:
         """Touch the whole buffer once."""
         self.buffer.add_(1.0)
 
+    def then_warm(self, output: Tensor) -> Callable[[], None]:
+        """The flush, then a block of ``output``'s size written and freed, for the layer's output to land in.
+
+        Inside a model a layer writes its output into memory the allocator has just had back
+        from an activation the layers before it freed: memory in cache. After the flush alone
+        the block the output gets is cold, and writing it costs as much as the layer's arithmetic
+        for small layers (measured here, each call of a model replayed: mobilenet_v2's layers
+        summed to 5.97 ms after the flush, 5.28 ms with this block warm, 5.26 ms inside the model;
+        resnet18's 8.21, 7.96 and 8.23 ms; device-small's 0.95, 0.86 and 0.84 ms).
+        """
+        numel, dtype = output.numel(), output.dtype
+
+        def between() -> None:
+            self()
+            torch.empty(numel, dtype=dtype).fill_(1)  # freed at once: the allocator hands it to the output
+
+        return between
+
 
 def measure(
     kind: str,
@@ -314,12 +332,13 @@ def measure(
     reps: int = 15,
     warmup: int = 3,
     budget_s: float = 0.05,
-    flush: Callable[[], object] | None = None,
+    flush: CacheFlush | None = None,
 ) -> Sample:
     """Build one random layer of ``kind`` from ``seed`` and time it (median after warm-up).
 
     Fast layers get more repetitions, up to what fits in ``budget_s`` (never fewer than ``reps``,
-    never more than ``3 * reps``). ``flush`` runs untimed before every timed call (see :class:`CacheFlush`).
+    never more than ``3 * reps``). ``flush`` runs untimed before every timed call, then warms a block for
+    the output (see :meth:`CacheFlush.then_warm`).
     """
     rng = random.Random(seed)
     if kind == "module":
@@ -335,7 +354,10 @@ def measure(
     with torch.inference_mode():
         first = time_call(call, reps=3, warmup=warmup)
         n = int(min(3 * reps, max(reps, budget_s * 1e3 / max(first.median_ms, 1e-6))))
-        calls = timed_calls(call, reps=n, warmup=0, between=flush)
+        out = call()
+        between = flush.then_warm(out) if flush is not None and isinstance(out, Tensor) else flush
+        del out
+        calls = timed_calls(call, reps=n, warmup=0, between=between)
     return Sample(layer, statistics.median(calls), tuple(calls))
 
 
