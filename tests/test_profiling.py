@@ -23,7 +23,7 @@ from agents.evaluation.latency import stage_latency, time_in_rounds
 from agents.models.zoo import build_model
 from agents.profiling.export import profile_points, write_points
 from agents.profiling.inside import TypeTimes, by_type, layer_times
-from agents.profiling.layers import TYPES, Layer, capture_one, classify, record, record_stages
+from agents.profiling.layers import TYPES, Layer, capture_one, classify, record, record_calls, record_stages
 from agents.profiling.loading import load_model
 from agents.profiling.node import NodeIdentity, cpu_model, node_identity
 from agents.profiling.predictor import FIT_SCHEMA, Predictor, TypeModel, fit, fit_type, load_fit, nnls, save_fit
@@ -386,6 +386,19 @@ def test_layer_times_inside_a_model() -> None:
     assert conv > 10 * relu > 0 and flatten > 0  # 38 M MACs against 65 k comparisons
 
 
+def test_recorded_calls_replay_each_layer_alone() -> None:
+    conv = nn.Conv2d(3, 8, 3)
+    net = nn.Sequential(conv, nn.ReLU(inplace=True)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    rec, calls = record_calls(lambda: net(x))
+    assert len(calls) == len(rec.layers) == 2 and rec.layers[1].type == "act.relu"
+    with torch.inference_mode():
+        expected = F.conv2d(x, conv.weight, conv.bias)
+        assert torch.allclose(calls[0](), expected)
+        # The in-place ReLU replays on a copy of what it got, taken before it ran: negatives included.
+        assert bool((expected < 0).any()) and torch.allclose(calls[1](), F.relu(expected))
+
+
 def test_layer_times_refuse_passes_that_branch() -> None:
     calls = iter(range(100))
 
@@ -417,6 +430,7 @@ def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
     data = json.loads(fit_file.read_text())
     assert data["schema"] == FIT_SCHEMA and set(data["types"]) == set(TYPES)
     assert data["validation"][0]["model"] == "device-small" and data["node"]["torch_threads"] == 1
+    assert data["settings"]["check_rounds"] == 5  # the check takes more turns than a profile's stages
     proc = cascade("profile", "--model", "device-small", "--batch", "1,2", "--json", str(prof), *common)
     assert proc.returncode == 0, proc.stderr
     assert load_profile(prof)["settings"]["batches"] == [1, 2]

@@ -424,10 +424,13 @@ class _Recorder(TorchFunctionMode):
     With ``times``, each layer's call is also timed (milliseconds, in the order of the layers).
     """
 
-    def __init__(self, recording: Recording, times: list[float] | None = None) -> None:
+    def __init__(
+        self, recording: Recording, times: list[float] | None = None, calls: list[Callable[[], Any]] | None = None
+    ) -> None:
         super().__init__()
         self.recording = recording
         self.times = times
+        self.calls = calls
 
     def __torch_function__(
         self,
@@ -437,6 +440,8 @@ class _Recorder(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        # Copies taken before the call: an in-place layer changes its input.
+        replay = partial(func, *_copy(args), **_copy(kwargs)) if self.calls is not None else None
         start = time.perf_counter_ns()
         out = func(*args, **kwargs)
         elapsed = time.perf_counter_ns() - start
@@ -445,6 +450,8 @@ class _Recorder(TorchFunctionMode):
             self.recording.layers.append(found)
             if self.times is not None:
                 self.times.append(elapsed / 1e6)
+            if self.calls is not None and replay is not None:
+                self.calls.append(replay)
         elif found is not None:
             self.recording.unknown[found] = self.recording.unknown.get(found, 0) + 1
         return out
@@ -482,6 +489,25 @@ def record_timed(fn: Callable[[], object]) -> tuple[Recording, list[float]]:
     with torch.inference_mode(), _Recorder(rec, times):
         fn()
     return rec, times
+
+
+def _copy(value: Any) -> Any:
+    """Tensors (also inside lists, tuples and dicts) cloned in their memory format; anything else as is."""
+    if isinstance(value, Tensor):
+        return value.detach().clone(memory_format=torch.preserve_format)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
+
+
+def record_calls(fn: Callable[[], object]) -> tuple[Recording, list[Callable[[], Any]]]:
+    """The layers of one call of ``fn`` and, for each, a call that runs it again alone on copies of its arguments."""
+    rec, calls = Recording(), list[Callable[[], Any]]()
+    with torch.inference_mode(), _Recorder(rec, calls=calls):
+        fn()
+    return rec, calls
 
 
 def capture_one(fn: Callable[[], object]) -> Layer:
