@@ -274,6 +274,9 @@ def test_features_of_the_cheap_types() -> None:
         assert one(lambda: torch.cat(mixed, 1)).features["iterators"] == 0.0
     finally:
         torch.set_num_threads(threads)
+    half, add = one(lambda: x * 0.5), one(lambda: x + y)  # a Python number for an operand, or two tensors
+    assert (half.features["scalar"], half.features["scalar_elems"], half.features["in_elems"]) == (1.0, 640.0, 640.0)
+    assert (add.features["scalar"], add.features["scalar_elems"], add.features["in_elems"]) == (0.0, 0.0, 1280.0)
     u, w, b = torch.ones(2, 8), torch.ones(10, 8), torch.ones(10)
     assert one(lambda: F.linear(u, w)).features["bias"] == 0.0
     assert one(lambda: F.linear(u, w, b)).features["bias"] == 1.0

@@ -56,7 +56,7 @@ TYPES: dict[str, tuple[str, ...]] = {
     "gpool.amax": ("in_elems", "out_elems", "positions", "per_thread", "tail_elems", "vector_steps"),
     "gpool.mean": ("in_elems", "out_elems", "positions", "per_thread"),
     "gpool.adaptive": ("in_elems", "out_elems", "positions", "per_thread"),
-    "eltwise": ("in_elems", "new_elems", "per_thread"),
+    "eltwise": ("in_elems", "new_elems", "per_thread", "scalar", "scalar_elems"),
     "concat": ("out_elems", "inputs", "chunks", "per_thread", "sweep_lines", "iterators", "iterator_chunks"),
     "view": ("elems", "dropout"),
     "module": (),
@@ -376,10 +376,16 @@ def classify(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, An
     if name in _ELTWISE or name in _ELTWISE_INPLACE:
         tensors = [a for a in args if isinstance(a, Tensor)]
         inplace = name in _ELTWISE_INPLACE or any(out is a for a in tensors)
+        # With a Python number for an operand (x * 0.5) ATen wraps it into a tensor and runs its
+        # tensor-scalar kernel: a few µs more per call than two tensors of the same size here, and
+        # a rate of its own per element.
+        scalar = len(tensors) < 2 and any(isinstance(a, (int, float)) for a in args)
         features = {
             "in_elems": float(sum(a.numel() for a in tensors)),
             "new_elems": 0.0 if inplace else n_out,
             "per_thread": per_thread(n_out),
+            "scalar": 1.0 if scalar else 0.0,
+            "scalar_elems": n_out if scalar and not inplace else 0.0,
         }
         return Layer("eltwise", features, f"{name} {' '.join(_shape(a) for a in tensors)}")
     if name == "cat":
