@@ -5,10 +5,10 @@ call of a model's forward pass (batch 1, channels-last, every exit computed) is 
 inside the model (a timer around each call, 20 passes, median per call: the baseline), alone after
 the fit's 8 MiB cache flush, and alone after the flush with a block of the output's size written
 and freed (what ``cascade profile --fit`` does, :meth:`CacheFlush.then_warm`). Printed per model:
-the three sums and each alone-sum over the in-model sum. The fit prices a model as the sum of its
-layers timed alone, so the closer that ratio is to 1, the less a model's prediction inherits from
-the measurement. Measured on the 2-vCPU VM, 2026-11-30: mobilenet_v2 1.14 after the flush alone,
-1.00 with the output's block warm; resnet18 1.00 and 0.97; device-small 1.13 and 1.03.
+the three sums and each alone-sum over the in-model sum (timed before and after the layers alone,
+the mean kept; both are printed, and when they differ by more than a few percent the host was
+not quiet). The fit prices a model as the sum of its layers timed alone, so the closer that
+ratio is to 1, the less a model's prediction inherits from the measurement.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(names: list[str]) -> None:
         model = load_model(name).model
         x = model.example_input(1).contiguous(memory_format=torch.channels_last)
         forward = partial(model, x)
-        inside = sum(ms for _, ms in layer_times(forward))
+        before = sum(ms for _, ms in layer_times(forward))
         rec, calls = record_calls(forward)
         cold = warm = 0.0
         with torch.inference_mode():
@@ -52,9 +52,11 @@ def main(names: list[str]) -> None:
                 between = None if hot or not isinstance(out, torch.Tensor) else flush.then_warm(out)
                 del out
                 warm += statistics.median(timed_calls(call, REPS, 2, between=between))
+        after = sum(ms for _, ms in layer_times(forward))
+        inside = (before + after) / 2  # timed before and after the layers alone: slow drift of the host cancels
         print(
             f"  {name:<14} {len(calls):>6} {inside:7.3f}ms {cold:7.3f}ms {cold / inside:6.2f}"
-            f" {warm:8.3f}ms {warm / inside:6.2f}"
+            f" {warm:8.3f}ms {warm / inside:6.2f}   (inside: {before:.3f} before, {after:.3f} after)"
         )
     print(f"  other processes kept {others.cores() or 0.0:.2f} cores busy meanwhile")
 
