@@ -21,13 +21,23 @@ from agents.cli import main
 from agents.errors import UserError
 from agents.evaluation.latency import stage_latency, time_in_rounds
 from agents.models.zoo import build_model
+from agents.profiling.command import format_fit
 from agents.profiling.export import profile_points, write_points
 from agents.profiling.inside import TypeTimes, by_type, layer_times
 from agents.profiling.layers import TYPES, Layer, capture_one, classify, record, record_calls, record_stages
 from agents.profiling.loading import load_model
 from agents.profiling.node import NodeIdentity, cpu_model, node_identity
 from agents.profiling.predictor import FIT_SCHEMA, Predictor, TypeModel, fit, fit_type, load_fit, nnls, save_fit
-from agents.profiling.sampling import GENERATORS, CacheFlush, measure, measure_all, plan
+from agents.profiling.sampling import (
+    GENERATORS,
+    NOISY_PASSES,
+    CacheFlush,
+    Sample,
+    measure,
+    measure_all,
+    pass_spread,
+    plan,
+)
 from agents.profiling.stages import PROFILE_SCHEMA, Effort, load_profile, profile_model, save_profile
 from agents.telemetry.influx import InfluxTarget, influx_query
 from agents.telemetry.influxd import InfluxServer
@@ -300,6 +310,22 @@ def test_the_flush_then_warms_a_block_of_the_outputs_size(monkeypatch: pytest.Mo
     # Then one block of the output's bytes was written (and freed: the allocator's next block of
     # that size, most often the same one, is where the layer's output goes).
     assert [(b.numel(), b.dtype, bool((b == 1).all())) for b in written] == [(15, torch.float64, True)]
+
+
+def test_the_fit_says_how_far_its_passes_disagree() -> None:
+    layer = Layer("view", {})
+    samples = [
+        Sample(layer, 1.0, (), (1.0, 1.02)),
+        Sample(layer, 1.0, (), (1.1, 1.0)),
+        Sample(layer, 1.0, (), (2.0, 2.1)),
+    ]
+    assert pass_spread(samples) == pytest.approx(0.05)  # the median of 2 %, 10 % and 5 %
+    assert pass_spread([Sample(layer, 1.0, (), (1.0,))]) == 0.0  # one pass: nothing to compare
+    predictor = Predictor({"view": TypeModel("view", TYPES["view"], (0.001, 0.0, 0.0), 3, 1, 0.02, 0.03)})
+    node = node_identity().to_json()
+    quiet, noisy = (format_fit(predictor, [], node, 0.0, s) for s in (0.04, NOISY_PASSES + 0.01))
+    assert "differed by 4.0 %" in quiet and "warning" not in quiet
+    assert "not quiet" in noisy and "fit again" in noisy
 
 
 def test_stages_in_rounds_and_layers_in_passes() -> None:

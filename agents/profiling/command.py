@@ -180,10 +180,10 @@ def _fit(args: argparse.Namespace) -> int:
     before = other_load_now()
     during = OtherLoad()
     jobs = sampling.plan(args.samples, args.seed)
-    measured: list[tuple[Layer, float]] = []
     with _bar(len(jobs) * sampling.PASSES, "time layer shapes") as bar:
-        for sample in sampling.measure_all(jobs, reps, on_sample=lambda: bar.update()):
-            measured.append((sample.layer, sample.median_ms))
+        samples = sampling.measure_all(jobs, reps, on_sample=lambda: bar.update())
+    measured = [(sample.layer, sample.median_ms) for sample in samples]
+    spread = sampling.pass_spread(samples)
     predictor = fit(measured, HOLDOUT, args.seed, node)
     runs = [(target, batch) for target in targets for batch in batches]
     check = _check_effort(args)
@@ -208,6 +208,7 @@ def _fit(args: argparse.Namespace) -> int:
             "memory_format": "channels_last",
             "check_rounds": check.rounds,
             "check_measure_s": round(check.measure_s, 3),
+            "pass_spread": round(spread, 4),
             "other_cores_before": before,
             "other_cores_during": during.cores(),
         },
@@ -218,11 +219,8 @@ def _fit(args: argparse.Namespace) -> int:
         ],
     }
     save_fit(out, predictor, extra)
-    print(
-        format_fit(
-            predictor, validation, node.to_json(), max(before or 0.0, extra["settings"]["other_cores_during"] or 0.0)
-        )
-    )
+    busy = max(before or 0.0, extra["settings"]["other_cores_during"] or 0.0)
+    print(format_fit(predictor, validation, node.to_json(), busy, spread))
     print(f"fit written: {out}")
     return 0
 
@@ -255,8 +253,13 @@ def validate_model(predictor: Predictor, model: StagedModel, name: str, batch: i
     }
 
 
-def format_fit(predictor: Predictor, validation: list[dict[str, Any]], node: dict[str, Any], busy: float) -> str:
-    """The held-out error per layer type and the whole-model check, against the issue's targets."""
+def format_fit(
+    predictor: Predictor, validation: list[dict[str, Any]], node: dict[str, Any], busy: float, spread: float = 0.0
+) -> str:
+    """The held-out error per layer type and the whole-model check, against the issue's targets.
+
+    ``spread`` is :func:`agents.profiling.sampling.pass_spread` of the layers' timings.
+    """
     lines = [
         f"latency predictor for {node['hostname']}: {node['cpu_model']}, {node['torch_threads']} torch threads",
         "",
@@ -281,6 +284,13 @@ def format_fit(predictor: Predictor, validation: list[dict[str, Any]], node: dic
         lines.append(f"mean |error| {100 * mean_abs:.1f}%")
     if busy > BUSY_WARNING:
         lines.append(f"warning: other processes kept {busy:.2f} cores busy: figures may be high and noisy")
+    lines.append(f"timing noise: a layer's two passes differed by {100 * spread:.1f} % (median over the layers)")
+    if spread > sampling.NOISY_PASSES:
+        lines.append(
+            f"warning: over {100 * sampling.NOISY_PASSES:.0f} %: the host was not quiet while the layers were timed"
+            " (a virtual machine's host can slow it without any process showing), so the errors above are"
+            " partly noise: fit again when it is quiet"
+        )
     return "\n".join(lines)
 
 
