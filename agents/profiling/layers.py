@@ -427,7 +427,8 @@ def classify(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, An
 class _Recorder(TorchFunctionMode):
     """Records the top-level torch functions called while active (the mode is off inside each call).
 
-    With ``times``, each layer's call is also timed (milliseconds, in the order of the layers).
+    With ``times``, each layer's call is also timed (milliseconds, in the order of the layers); with
+    ``calls``, each layer also gets a call that runs it again on copies of its arguments.
     """
 
     def __init__(
