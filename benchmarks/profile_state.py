@@ -25,7 +25,7 @@ from agents.profiling.inside import layer_times
 from agents.profiling.layers import record_calls
 from agents.profiling.loading import load_model
 from agents.profiling.node import OtherLoad
-from agents.profiling.sampling import HOT, CacheFlush
+from agents.profiling.sampling import HOT, CacheFlush, before_each_call
 
 MODELS = ("device-small", "mobilenet_v2", "resnet18")
 REPS = 15
@@ -48,9 +48,7 @@ def main(names: list[str]) -> None:
             for layer, call in zip(rec.layers, calls, strict=True):
                 hot = layer.type in HOT  # timed without a flush, as the fit times them
                 cold += statistics.median(timed_calls(call, REPS, 2, between=None if hot else flush))
-                out = call()
-                between = None if hot or not isinstance(out, torch.Tensor) else flush.then_warm(out)
-                del out
+                between = before_each_call(layer.type, call, flush)  # as the fit times it
                 warm += statistics.median(timed_calls(call, REPS, 2, between=between))
         after = sum(ms for _, ms in layer_times(forward))
         inside = (before + after) / 2  # timed before and after the layers alone: slow drift of the host cancels

@@ -33,6 +33,7 @@ from agents.profiling.sampling import (
     NOISY_PASSES,
     CacheFlush,
     Sample,
+    before_each_call,
     measure,
     measure_all,
     pass_spread,
@@ -310,6 +311,12 @@ def test_the_flush_then_warms_a_block_of_the_outputs_size(monkeypatch: pytest.Mo
     # Then one block of the output's bytes was written (and freed: the allocator's next block of
     # that size, most often the same one, is where the layer's output goes).
     assert [(b.numel(), b.dtype, bool((b == 1).all())) for b in written] == [(15, torch.float64, True)]
+    # The fit's choice per layer: no flush for types that touch no tensor data, or without a flush.
+    x = torch.ones(4, 4)
+    assert before_each_call("view", lambda: x.flatten(), flush) is None
+    assert before_each_call("act.relu", lambda: F.relu(x), None) is None
+    chosen = before_each_call("act.relu", lambda: F.relu(x), flush)
+    assert chosen is not None and chosen is not flush  # the flush, then the output's block
 
 
 def test_the_fit_says_how_far_its_passes_disagree() -> None:

@@ -327,6 +327,19 @@ class CacheFlush:
         return between
 
 
+def before_each_call(kind: str, call: Call, flush: CacheFlush | None) -> Callable[[], object] | None:
+    """What the fit runs untimed before each timed call of a layer of ``kind``.
+
+    Nothing for :data:`HOT` types or without ``flush``; otherwise the flush, then a warm block for
+    the output when the layer returns a tensor (:meth:`CacheFlush.then_warm`).
+    """
+    if flush is None or kind in HOT:
+        return None
+    with torch.inference_mode():
+        out = call()
+    return flush.then_warm(out) if isinstance(out, Tensor) else flush
+
+
 def measure(
     kind: str,
     seed: int,
@@ -350,14 +363,10 @@ def measure(
             layer = capture_one(call)
         if layer.type != kind:
             raise AssertionError(f"generator for {kind} made a {layer.type} ({layer.label})")
-    if kind in HOT:
-        flush = None
+    between = before_each_call(kind, call, flush)
     with torch.inference_mode():
         first = time_call(call, reps=3, warmup=warmup)
         n = int(min(3 * reps, max(reps, budget_s * 1e3 / max(first.median_ms, 1e-6))))
-        out = call()
-        between = flush.then_warm(out) if flush is not None and isinstance(out, Tensor) else flush
-        del out
         calls = timed_calls(call, reps=n, warmup=0, between=between)
     return Sample(layer, statistics.median(calls), tuple(calls))
 
