@@ -7,6 +7,7 @@ import math
 import random
 import subprocess
 import sys
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,29 @@ from agents.models.zoo import build_model
 from agents.profiling.command import format_fit
 from agents.profiling.export import profile_points, write_points
 from agents.profiling.inside import TypeTimes, by_type, layer_times
-from agents.profiling.layers import TYPES, Layer, capture_one, classify, record, record_calls, record_stages
+from agents.profiling.layers import (
+    TYPES,
+    Layer,
+    capture_one,
+    cat_runs,
+    classify,
+    record,
+    record_calls,
+    record_stages,
+)
 from agents.profiling.loading import load_model
 from agents.profiling.node import NodeIdentity, cpu_model, node_identity
-from agents.profiling.predictor import FIT_SCHEMA, Predictor, TypeModel, fit, fit_type, load_fit, nnls, save_fit
+from agents.profiling.predictor import (
+    FIT_SCHEMA,
+    Predictor,
+    TypeModel,
+    fit,
+    fit_type,
+    fold_of,
+    load_fit,
+    nnls,
+    save_fit,
+)
 from agents.profiling.sampling import (
     GENERATORS,
     NOISY_PASSES,
@@ -271,20 +291,28 @@ def test_features_of_the_cheap_types() -> None:
     assert (silu.type, silu.features["python_call"], sig.features["python_call"]) == ("act.other", 1.0, 0.0)
     parts = [cl(1, 8, 2, 2), cl(1, 24, 2, 2)]
     cat = one(lambda: torch.cat(parts, 1))
-    # 4 pixels, 2 inputs; each copy sweeps the output's 2 cache lines (32 floats) per pixel.
-    small = {"out_elems": 128.0, "inputs": 2.0, "chunks": 8.0, "per_thread": 128.0, "sweep_lines": 16.0}
-    assert cat.features == {**small, "iterators": 0.0, "iterator_chunks": 0.0}  # one serial loop
+    # 4 pixels, 2 inputs: one serial loop of 8 runs. Each pixel's 32 floats fill two cache lines; the
+    # second input's runs start 32 bytes in, off a line.
+    serial = {"inputs": 2.0, "iterators": 0.0, "serial_elems": 128.0, "serial_runs": 8.0, "serial_unaligned": 96.0}
+    assert cat.features == {**serial, "per_thread": 0.0, "runs_per_thread": 0.0, "unaligned_per_thread": 0.0}
     same, mixed = [cl(1, 32, 8, 8) for _ in range(16)], [cl(1, 24 if i % 2 else 40, 8, 8) for i in range(16)]
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # 32768 elements out: a TensorIterator per input, or one for equal shapes
-        assert one(lambda: torch.cat(mixed, 1)).features["iterators"] == 16.0
-        assert one(lambda: torch.cat(same, 1)).features["iterators"] == 1.0
-        assert one(lambda: torch.cat(same, 1)).features["iterator_chunks"] == 16.0 * 64
+        mixed_cat, same_cat = one(lambda: torch.cat(mixed, 1)), one(lambda: torch.cat(same, 1))
+        assert (mixed_cat.features["iterators"], same_cat.features["iterators"]) == (16.0, 1.0)
+        # Each input of 2048 elements is copied on one thread, 64 runs (pixels) each.
+        assert (same_cat.features["per_thread"], same_cat.features["runs_per_thread"]) == (32768.0, 1024.0)
+        # 32 floats are 128 bytes: every run on a line. The 24-wide inputs start 32 bytes off one.
+        assert (same_cat.features["unaligned_per_thread"], mixed_cat.features["unaligned_per_thread"]) == (0.0, 12288.0)
         torch.set_num_threads(1)  # one thread: the serial loop, whatever the size
         assert one(lambda: torch.cat(mixed, 1)).features["iterators"] == 0.0
     finally:
         torch.set_num_threads(threads)
+    # Contiguous along dim 1: a run per batch item of channels × the trailing dims (20 floats, 80
+    # bytes); rows of 160 bytes put every other run of the first input on a line, none of the second.
+    pieces = [torch.ones(2, 5, 4), torch.ones(2, 5, 4)]
+    assert cat_runs(torch.cat(pieces, 1), 1, pieces) == (2, [0.5, 1.0])
     half, add = one(lambda: x * 0.5), one(lambda: x + y)  # a Python number for an operand, or two tensors
     assert (half.features["scalar"], half.features["scalar_elems"], half.features["in_elems"]) == (1.0, 640.0, 640.0)
     assert (add.features["scalar"], add.features["scalar_elems"], add.features["in_elems"]) == (0.0, 0.0, 1280.0)
@@ -390,10 +418,15 @@ def test_predictor_recovers_a_synthetic_linear_truth() -> None:
         ms = sum(c * v for c, v in zip(truth, layer.vector(), strict=True))
         layers.append(layer)
         latency.append(ms * (1 + rng.gauss(0, 0.01)))
-    model = fit_type("conv", layers, latency, holdout=0.25, seed=0)
+    model = fit_type("conv", layers, latency, folds=5, seed=0)
     for got, want in zip(model.coef, truth, strict=True):
         assert got == pytest.approx(want, rel=0.15)
-    assert model.mape < 0.02 and model.n_test == 50
+    assert model.mape < 0.02 and (model.shapes, model.folds) == (200, 5)
+    # Every shape is scored by a fit that left it out: a shape far off the truth shows in the error
+    # even though the final fit, which includes it, hardly moves.
+    latency[0] *= 3
+    assert fit_type("conv", layers, latency, folds=5, seed=0).max_ape > 0.5
+    assert math.isnan(fit_type("conv", layers[:9], latency[:9], folds=5).mape)  # under two shapes a fold
 
 
 def test_fit_file_round_trip(tmp_path: Path) -> None:
@@ -542,15 +575,16 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         load_profile(profile_file)
 
 
-def test_fit_predictor_matches_the_cli_split() -> None:
-    # The CLI's held-out flags must mark exactly the samples fit_type held out.
-    from agents.profiling.command import _holdout_flags
+def test_fit_predictor_matches_the_cli_folds() -> None:
+    # The fold the CLI writes for each sample must be the one fit_type held it out in: per type.
+    from agents.profiling.command import _folds
 
     samples = [(Layer("norm", {"elems": float(i)}), 1.0) for i in range(20)] + [
         (Layer("view", {"elems": float(i)}), 1.0) for i in range(8)
     ]
-    flags = _holdout_flags(samples, 0.25, 0)
-    assert sum(flags[:20]) == 5 and sum(flags[20:]) == 2
+    folds = _folds(samples, 5, 0)
+    assert folds[:20] == fold_of(20, 5, 0) and folds[20:] == fold_of(8, 5, 0)
+    assert sorted(Counter(folds[:20]).values()) == [4] * 5  # dealt round: every fold the same size
 
 
 def test_cli_profile_help_does_not_import_torch() -> None:

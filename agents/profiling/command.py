@@ -25,14 +25,13 @@ from agents.profiling.inside import by_type, layer_times
 from agents.profiling.layers import Layer, Recording, record_stages
 from agents.profiling.loading import load_model
 from agents.profiling.node import NodeIdentity, OtherLoad, node_identity, other_load_now
-from agents.profiling.predictor import Predictor, fit, load_fit, save_fit, split_holdout
+from agents.profiling.predictor import FOLDS, Predictor, fit, fold_of, load_fit, save_fit
 from agents.profiling.stages import Effort, load_profile, profile_model, profile_steps, save_profile
 
 #: Targets from the issue, printed beside the figures.
 TYPE_MAPE_TARGET = 0.15
 MODEL_ERROR_TARGET = 0.10
 REPEAT_TARGET = 0.10
-HOLDOUT = 0.25
 #: Cores other processes may keep busy before the figures get a warning.
 BUSY_WARNING = 0.2
 
@@ -184,7 +183,7 @@ def _fit(args: argparse.Namespace) -> int:
         samples = sampling.measure_all(jobs, reps, on_sample=lambda: bar.update())
     measured = [(sample.layer, sample.median_ms) for sample in samples]
     spread = sampling.pass_spread(samples)
-    predictor = fit(measured, HOLDOUT, args.seed, node)
+    predictor = fit(measured, FOLDS, args.seed, node)
     runs = [(target, batch) for target in targets for batch in batches]
     check = _check_effort(args)
     with _bar(len(runs), "validate on models") as bar:
@@ -193,7 +192,7 @@ def _fit(args: argparse.Namespace) -> int:
         validate_model(predictor, target.model, target.name, batch, timing.median_ms)
         for (target, batch), timing in zip(runs, timings, strict=True)
     ]
-    holdout = _holdout_flags(measured, HOLDOUT, args.seed)
+    folds = _folds(measured, FOLDS, args.seed)
     extra = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": args.command_line,
@@ -202,7 +201,7 @@ def _fit(args: argparse.Namespace) -> int:
             "reps": reps,
             "passes": sampling.PASSES,
             "warmup": 3,
-            "holdout": HOLDOUT,
+            "folds": FOLDS,
             "seed": args.seed,
             "dtype": "float32",
             "memory_format": "channels_last",
@@ -214,8 +213,8 @@ def _fit(args: argparse.Namespace) -> int:
         },
         "validation": validation,
         "samples": [
-            {"type": layer.type, "label": layer.label, "features": layer.features, "median_ms": ms, "held_out": held}
-            for (layer, ms), held in zip(measured, holdout, strict=True)
+            {"type": layer.type, "label": layer.label, "features": layer.features, "median_ms": ms, "fold": fold}
+            for (layer, ms), fold in zip(measured, folds, strict=True)
         ],
     }
     save_fit(out, predictor, extra)
@@ -225,17 +224,16 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _holdout_flags(measured: list[tuple[Layer, float]], share: float, seed: int) -> list[bool]:
-    """Which samples :func:`agents.profiling.predictor.fit` held out (same split, per type)."""
+def _folds(measured: list[tuple[Layer, float]], folds: int, seed: int) -> list[int]:
+    """The fold each sample was held out in by :func:`agents.profiling.predictor.fit` (dealt per type)."""
     positions: dict[str, list[int]] = {}
     for i, (layer, _) in enumerate(measured):
         positions.setdefault(layer.type, []).append(i)
-    flags = [False] * len(measured)
+    out = [0] * len(measured)
     for indices in positions.values():
-        _, test = split_holdout(len(indices), share, seed)
-        for t in test:
-            flags[indices[t]] = True
-    return flags
+        for index, fold in zip(indices, fold_of(len(indices), folds, seed), strict=True):
+            out[index] = fold
+    return out
 
 
 def validate_model(predictor: Predictor, model: StagedModel, name: str, batch: int, measured: float) -> dict[str, Any]:
@@ -256,18 +254,19 @@ def validate_model(predictor: Predictor, model: StagedModel, name: str, batch: i
 def format_fit(
     predictor: Predictor, validation: list[dict[str, Any]], node: dict[str, Any], busy: float, spread: float = 0.0
 ) -> str:
-    """The held-out error per layer type and the whole-model check, against the issue's targets.
+    """The cross-validated error per layer type and the whole-model check, against the issue's targets.
 
     ``spread`` is :func:`agents.profiling.sampling.pass_spread` of the layers' timings.
     """
     lines = [
         f"latency predictor for {node['hostname']}: {node['cpu_model']}, {node['torch_threads']} torch threads",
         "",
-        f"{'layer type':<15} {'train':>5} {'test':>5} {'MAPE':>7} {'worst':>7}  target ≤{100 * TYPE_MAPE_TARGET:.0f}%",
+        f"{'layer type':<15} {'shapes':>6} {'MAPE':>7} {'worst':>7}  target ≤{100 * TYPE_MAPE_TARGET:.0f}%"
+        f"  (each shape predicted by a fit without it: {FOLDS}-fold cross-validation)",
     ]
     for kind, m in predictor.types.items():
         ok = "ok" if m.mape <= TYPE_MAPE_TARGET else "MISS"
-        lines.append(f"{kind:<15} {m.n_train:>5} {m.n_test:>5} {100 * m.mape:6.1f}% {100 * m.max_ape:6.1f}%  {ok}")
+        lines.append(f"{kind:<15} {m.shapes:>6} {100 * m.mape:6.1f}% {100 * m.max_ape:6.1f}%  {ok}")
     lines += [
         "",
         f"{'model':<14} {'batch':>5} {'predicted':>10} {'measured':>10} {'error':>8}"
