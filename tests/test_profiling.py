@@ -500,6 +500,10 @@ def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
     assert data["schema"] == FIT_SCHEMA and set(data["types"]) == set(TYPES)
     assert data["validation"][0]["model"] == "device-small" and data["node"]["torch_threads"] == 1
     assert data["settings"]["check_rounds"] == 5  # the check takes more turns than a profile's stages
+    # 4 shapes a type (12 for conv): scored by five folds only with two shapes a fold, and said so.
+    assert data["types"]["conv"]["folds"] == 5 and data["types"]["norm"]["folds"] == 0
+    assert "too few shapes to score (10 needed)" in proc.stdout
+    assert {s["fold"] for s in data["samples"] if s["type"] == "conv"} == set(range(5))
     proc = cascade("profile", "--model", "device-small", "--batch", "1,2", "--json", str(prof), *common)
     assert proc.returncode == 0, proc.stderr
     assert load_profile(prof)["settings"]["batches"] == [1, 2]

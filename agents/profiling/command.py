@@ -265,6 +265,9 @@ def format_fit(
         f"  (each shape predicted by a fit without it: {FOLDS}-fold cross-validation)",
     ]
     for kind, m in predictor.types.items():
+        if math.isnan(m.mape):
+            lines.append(f"{kind:<15} {m.shapes:>6} {'—':>7} {'—':>7}  too few shapes to score ({2 * FOLDS} needed)")
+            continue
         ok = "ok" if m.mape <= TYPE_MAPE_TARGET else "MISS"
         lines.append(f"{kind:<15} {m.shapes:>6} {100 * m.mape:6.1f}% {100 * m.max_ape:6.1f}%  {ok}")
     lines += [
