@@ -151,14 +151,18 @@ def cat_runs(out: Tensor, dim: int, parts: Sequence[Tensor]) -> tuple[int, list[
     return positions, shares
 
 
+def threads_used(elements: float, threads: int | None = None) -> int:
+    """Torch threads ATen runs ``elements`` on when it splits them in grains of 32768 (its GRAIN_SIZE)."""
+    return min(threads or torch.get_num_threads(), max(1, math.ceil(elements / GRAIN_SIZE)))
+
+
 def per_thread(elements: float, threads: int | None = None) -> float:
-    """Elements each torch thread handles when ATen splits ``elements`` in grains of 32768 (its GRAIN_SIZE).
+    """Elements each torch thread handles when ATen splits ``elements`` in grains (:func:`threads_used`).
 
     Element-wise kernels, reductions and batch norm run on one thread below a grain and on up to
     ``threads`` above: their time follows this, not the element count, so it is a feature of theirs.
     """
-    used = min(threads or torch.get_num_threads(), max(1, math.ceil(elements / GRAIN_SIZE)))
-    return elements / used
+    return elements / threads_used(elements, threads)
 
 
 #: Below this many rows a matrix product reuses each weight too few times to reach its full rate.
@@ -440,7 +444,7 @@ def classify(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, An
         iterators = 0 if serial else 1 if len({tuple(p.shape) for p in tensors}) <= 1 else count
         unaligned_elems = per_thread_elems = runs_per_thread = unaligned_per_thread = 0.0
         for part, share in zip(tensors, unaligned, strict=True):
-            threads = 1.0 if serial else part.numel() / per_thread(part.numel())
+            threads = 1 if serial else threads_used(part.numel())
             unaligned_elems += part.numel() * share
             per_thread_elems += part.numel() / threads
             runs_per_thread += positions / threads
