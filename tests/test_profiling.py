@@ -20,9 +20,10 @@ from torch import Tensor, nn
 
 from agents.cli import main
 from agents.errors import UserError
-from agents.evaluation.latency import stage_latency, time_in_rounds
+from agents.evaluation.latency import Timing, quiet_level, stage_latency, time_in_rounds
 from agents.models.zoo import build_model
-from agents.profiling.command import format_fit
+from agents.profiling import sampling
+from agents.profiling.command import CHECKS_PER_PASS, format_fit
 from agents.profiling.export import profile_points, write_points
 from agents.profiling.inside import TypeTimes, by_type, layer_times
 from agents.profiling.layers import (
@@ -359,11 +360,25 @@ def test_the_fit_says_how_far_its_passes_disagree() -> None:
     ]
     assert pass_spread(samples) == pytest.approx(0.05)  # the median of 2 %, 10 % and 5 %
     assert pass_spread([Sample(layer, 1.0, (), (1.0,))]) == 0.0  # one pass: nothing to compare
+    assert pass_spread([Sample(layer, 1.0, (), (1.3, 1.0, 1.02))]) == pytest.approx(0.02)  # the quietest two
     predictor = Predictor({"view": TypeModel("view", TYPES["view"], (0.001, 0.0, 0.0), 3, 1, 0.02, 0.03)})
     node = node_identity().to_json()
     quiet, noisy = (format_fit(predictor, [], node, 0.0, s) for s in (0.04, NOISY_PASSES + 0.01))
     assert "differed by 4.0 %" in quiet and "warning" not in quiet
     assert "not quiet" in noisy and "fit again" in noisy
+    assert "two quietest of 4 passes" in format_fit(predictor, [], node, 0.0, 0.04, 4)
+
+
+def test_a_noisy_fit_times_more_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = [("view", 1), ("act.relu", 2)]
+    more: list[int] = []
+    monkeypatch.setattr(sampling, "NOISY_PASSES", 2.0)  # nothing is that noisy: two passes
+    quiet = measure_all(jobs, reps=2, passes=2, max_passes=4, on_more=more.append)
+    assert [len(s.pass_medians_ms) for s in quiet] == [2, 2] and not more
+    monkeypatch.setattr(sampling, "NOISY_PASSES", -1.0)  # everything is: up to the most passes
+    noisy = measure_all(jobs, reps=2, passes=2, max_passes=4, on_more=more.append)
+    assert [len(s.pass_medians_ms) for s in noisy] == [4, 4] and more == [2, 3]
+    assert all(s.quiet_ms == quiet_level(s.pass_medians_ms) for s in quiet + noisy)
 
 
 def test_stages_in_rounds_and_layers_in_passes() -> None:
@@ -372,16 +387,52 @@ def test_stages_in_rounds_and_layers_in_passes() -> None:
     rounds = stage_latency(model, 1, reps=3, warmup=1, exits=False, on_stage=lambda: ticks.append(1), rounds=3)
     assert [s.stage for s in rounds] == [0, 1, 2, 3] and all(s.median_ms > 0 for s in rounds) and len(ticks) == 4
     order: list[str] = []
-    timings = time_in_rounds([lambda: order.append("a"), lambda: order.append("b")], rounds=3, reps=3, warmup=1)
-    assert [t.reps for t in timings] == [3, 3] and order == ["a", "a", "b", "b"] * 3  # warm-up + 1 timed, turn by turn
-    wholes = Effort(reps=3, warmup=1, warmup_s=0.0, measure_s=0.0).wholes(
-        [(model, 1), (model, 2)], lambda: ticks.append(1)
+    timings = time_in_rounds(
+        [lambda: order.append("a"), lambda: order.append("b")],
+        rounds=3,
+        reps=3,
+        warmup=1,
+        on_done=lambda: ticks.append(1),
     )
-    assert len(wholes) == 2 and all(t.median_ms > 0 and t.reps == 3 for t in wholes) and len(ticks) == 6
+    assert [t.reps for t in timings] == [3, 3] and order == ["a", "a", "b", "b"] * 3  # warm-up + 1 timed, turn by turn
+    assert len(ticks) == 6  # each call once, after its last round
+    assert all(len(t.rounds_ms) == 3 and t.quiet_ms == quiet_level(t.rounds_ms) <= t.median_ms for t in timings)
     calls: list[int] = []
-    samples = measure_all([("view", 1), ("act.relu", 2)], reps=2, on_sample=lambda: calls.append(1), passes=2)
+    samples = measure_all([("view", 1), ("act.relu", 2)], 2, lambda: calls.append(1), passes=2, max_passes=2)
     assert [s.layer.type for s in samples] == ["view", "act.relu"] and len(calls) == 4
-    assert all(len(s.calls_ms) >= 2 and s.median_ms > 0 for s in samples)
+    assert all(len(s.calls_ms) >= 2 and s.median_ms > 0 and len(s.pass_medians_ms) == 2 for s in samples)
+
+
+def test_the_fit_takes_the_two_quietest_passes_and_rounds() -> None:
+    # The host's noise only adds time: the two lowest pass medians give the layer's time, not the pooled median.
+    assert quiet_level([1.3, 1.0, 1.1, 2.0]) == pytest.approx(1.05)
+    assert quiet_level([0.9]) == 0.9
+    with pytest.raises(ValueError):
+        quiet_level([])
+    sample = Sample(Layer("view", {}), 1.5, (1.0, 1.1, 2.0, 2.2), (1.05, 2.1, 1.15))
+    assert sample.quiet_ms == pytest.approx(1.1)
+    assert Sample(Layer("view", {}), 1.5).quiet_ms == 1.5  # no passes recorded: the median
+    assert Timing(2.0, 3.0, 9, (2.5, 1.8, 2.0)).quiet_ms == pytest.approx(1.9)
+    assert Timing(2.0, 3.0, 9).quiet_ms == 2.0  # one measurement, no rounds
+
+
+def test_the_check_runs_a_round_at_each_stop_of_every_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sampling, "NOISY_PASSES", 2.0)
+    events: list[str] = []
+    jobs = [("view", n) for n in range(6)]
+    measure_all(
+        jobs, 2, lambda: events.append("layer"), passes=2, check=lambda: events.append("check"), checks_per_pass=3
+    )
+    # Before the first, third and fifth layer of each pass: the rounds spread over the whole timing.
+    one_pass = ["check", "layer", "layer"] * 3
+    assert events == one_pass * 2
+    model = build_model("device-small").eval()
+    timer = Effort(reps=5, warmup=1, warmup_s=0.0, measure_s=0.0, rounds=5).whole_rounds([(model, 1)])
+    with torch.inference_mode():
+        for _ in range(3):
+            timer.round()
+    (timing,) = timer.timings()
+    assert len(timing.rounds_ms) == 3 and timing.reps == 3  # a fifth of the calls a round, rounded up
 
 
 # --- predictor ---------------------------------------------------------------------------------
@@ -504,11 +555,17 @@ def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
     data = json.loads(fit_file.read_text())
     assert data["schema"] == FIT_SCHEMA and set(data["types"]) == set(TYPES)
     assert data["validation"][0]["model"] == "device-small" and data["node"]["torch_threads"] == 1
-    assert data["settings"]["check_rounds"] == 5  # the check takes more turns than a profile's stages
+    assert data["settings"]["check_rounds"] >= 6  # three rounds of the check in each of two passes or more
     # 4 shapes a type (12 for conv): scored by five folds only with two shapes a fold, and said so.
     assert data["types"]["conv"]["folds"] == 5 and data["types"]["norm"]["folds"] == 0
     assert "too few shapes to score (10 needed)" in proc.stdout
     assert {s["fold"] for s in data["samples"] if s["type"] == "conv"} == set(range(5))
+    # What was fitted and checked: each shape's two quietest passes, each model's two quietest rounds.
+    assert all(s["ms"] == pytest.approx(quiet_level(s["pass_medians_ms"]), rel=1e-3) for s in data["samples"])
+    check = data["validation"][0]
+    rounds = data["settings"]["passes"] * CHECKS_PER_PASS
+    assert data["settings"]["check_rounds"] == rounds and len(check["rounds_ms"]) == rounds
+    assert check["measured_ms"] == pytest.approx(quiet_level(check["rounds_ms"]), abs=1e-4)
     proc = cascade("profile", "--model", "device-small", "--batch", "1,2", "--json", str(prof), *common)
     assert proc.returncode == 0, proc.stderr
     assert load_profile(prof)["settings"]["batches"] == [1, 2]

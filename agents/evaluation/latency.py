@@ -10,7 +10,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,11 +29,34 @@ class StageLatency:
 
 @dataclass(frozen=True)
 class Timing:
-    """Median and p95 milliseconds of repeated calls, and how many were timed."""
+    """Median and p95 milliseconds of repeated calls, and how many were timed.
+
+    Timed in rounds (:func:`time_in_rounds`), ``rounds_ms`` holds each round's median.
+    """
 
     median_ms: float
     p95_ms: float
     reps: int
+    rounds_ms: tuple[float, ...] = field(default=(), compare=False)
+
+    @property
+    def quiet_ms(self) -> float:
+        """:func:`quiet_level` of the round medians (the median without rounds)."""
+        return quiet_level(self.rounds_ms) if self.rounds_ms else self.median_ms
+
+
+def quiet_level(medians: Sequence[float]) -> float:
+    """The mean of the two lowest of ``medians`` (of rounds or passes): what a call costs when the host leaves it alone.
+
+    Noise from a virtual machine's host only ever adds time, and a slow spell can last longer
+    than a round, so the median of the rounds can be a slow one; the two quietest rounds agree
+    on the undisturbed level. Their mean, not the lowest alone, which a single lucky round
+    drags down. ValueError when empty.
+    """
+    if not medians:
+        raise ValueError("no medians to take the quiet level of")
+    low = sorted(medians)[:2]
+    return sum(low) / len(low)
 
 
 def _time_ms(
@@ -154,6 +177,59 @@ def stage_latency(
     return [StageLatency(k, batch, t.median_ms, t.p95_ms) for k, t in enumerate(timings)]
 
 
+class RoundTimer:
+    """Times ``calls`` one round at a time, taking turns (1, 2, …), so rounds can be spread over other work.
+
+    Each round of a call has ``reps`` timed calls and ``min_s`` seconds after ``warmup`` calls (the
+    first round also ``warmup_s`` seconds, later ones a quarter of it). A round during which other
+    processes kept more than :data:`BUSY_CORES` cores busy is timed again (at most
+    :data:`ROUND_RETRIES` times). ``on_round`` is called after each call's round.
+    """
+
+    def __init__(
+        self,
+        calls: Sequence[Callable[[], object]],
+        reps: int,
+        warmup: int = 5,
+        warmup_s: float = 0.0,
+        min_s: float = 0.0,
+        on_round: Callable[[], object] | None = None,
+    ) -> None:
+        self.calls = list(calls)
+        self.reps, self.warmup, self.warmup_s, self.min_s = reps, warmup, warmup_s, min_s
+        self.on_round = on_round
+        self.medians: list[list[float]] = [[] for _ in self.calls]
+        self.pooled: list[list[float]] = [[] for _ in self.calls]
+
+    def round(self) -> None:
+        """Time every call once more, in turn."""
+        first = not self.medians or not self.medians[0]
+        for k, call in enumerate(self.calls):
+            for attempt in range(ROUND_RETRIES + 1):
+                busy = _busy_meter()
+                samples = timed_calls(
+                    call,
+                    self.reps,
+                    self.warmup,
+                    warmup_s=self.warmup_s if first else self.warmup_s / 4,
+                    min_s=self.min_s,
+                )
+                others = busy()
+                if others is None or others <= BUSY_CORES or attempt == ROUND_RETRIES:
+                    break
+            self.medians[k].append(statistics.median(samples))
+            self.pooled[k] += samples
+            if self.on_round is not None:
+                self.on_round()
+
+    def timings(self) -> list[Timing]:
+        """Each call's median of round medians, p95 over all its timed calls, and each round's median."""
+        return [
+            Timing(statistics.median(m), p95(s), len(s), tuple(m))
+            for m, s in zip(self.medians, self.pooled, strict=True)
+        ]
+
+
 def time_in_rounds(
     calls: Sequence[Callable[[], object]],
     rounds: int,
@@ -165,34 +241,23 @@ def time_in_rounds(
 ) -> list[Timing]:
     """Time ``calls`` in ``rounds`` rounds taking turns (1, 2, …, then 1, 2, …): each one's median of round medians.
 
-    Each round of a call has a ``rounds``-th of ``reps`` and ``min_s`` after ``warmup`` calls (the
-    first round also ``warmup_s`` seconds, later ones a quarter of it). A burst of noise on the host
-    then spoils one round rather than the whole measurement, and is outvoted. A round during which
-    other processes kept more than :data:`BUSY_CORES` cores busy is timed again (at most
-    :data:`ROUND_RETRIES` times). The p95 is over all timed calls of the kept rounds.
-    ``on_done`` is called once per call, after its last round.
+    Each round of a call has a ``rounds``-th of ``reps`` and ``min_s`` (see :class:`RoundTimer`). A
+    burst of noise on the host then spoils one round rather than the whole measurement, and is
+    outvoted. The p95 is over all timed calls of the kept rounds. ``on_done`` is called once per
+    call, after its last round.
     """
-    medians: list[list[float]] = [[] for _ in calls]
-    pooled: list[list[float]] = [[] for _ in calls]
-    for r in range(rounds):
-        for k, call in enumerate(calls):
-            for attempt in range(ROUND_RETRIES + 1):
-                busy = _busy_meter()
-                samples = timed_calls(
-                    call,
-                    math.ceil(reps / rounds),
-                    warmup,
-                    warmup_s=warmup_s if r == 0 else warmup_s / 4,
-                    min_s=min_s / rounds,
-                )
-                others = busy()
-                if others is None or others <= BUSY_CORES or attempt == ROUND_RETRIES:
-                    break
-            medians[k].append(statistics.median(samples))
-            pooled[k] += samples
-            if r == rounds - 1 and on_done is not None:
-                on_done()
-    return [Timing(statistics.median(m), p95(s), len(s)) for m, s in zip(medians, pooled, strict=True)]
+    rounds = max(1, rounds)
+    done = [0]
+
+    def counted() -> None:
+        done[0] += 1
+        if on_done is not None and done[0] > (rounds - 1) * len(calls):
+            on_done()
+
+    timer = RoundTimer(calls, math.ceil(reps / rounds), warmup, warmup_s, min_s / rounds, counted)
+    for _ in range(rounds):
+        timer.round()
+    return timer.timings()
 
 
 @torch.inference_mode()

@@ -56,11 +56,18 @@ def _effort(args: argparse.Namespace) -> Effort:
     return Effort(args.reps or default.reps, args.warmup, args.warmup_s, args.measure_s)
 
 
-#: The fit's check times each model in this many rounds, for this many times the seconds of a profile's
-#: measurement: with three rounds of 0.3 s, a model's figure moved by up to 8.5 % between four checks in
-#: a row here (slow windows of a second or more came and went); with five of 0.5 s, by up to 3.5 %.
+#: Each round of the fit's check times a model for a ``CHECK_ROUNDS``-th of ``CHECK_TIME`` times a
+#: profile's measurement, with as large a share of its calls (0.1 s by default). Checks in a row here
+#: moved a model's figure by up to 8.5 % with three rounds of 0.1 s, by up to 3.5 % with five (slow
+#: windows of a second or more came and went).
 CHECK_ROUNDS = 5
 CHECK_TIME = 5 / 3
+
+#: The check's rounds run this many times in each pass over the layers, spread through it: a slow spell
+#: of the host longer than the check (tens of seconds here) then falls on the layers and the models alike,
+#: and both keep their two quietest (six rounds with two passes). Timed after the layers, a check that
+#: fell wholly in a slow spell put every model 5–9 % slower than the quiet layers priced it.
+CHECKS_PER_PASS = 3
 
 
 def _check_effort(args: argparse.Namespace) -> Effort:
@@ -179,18 +186,36 @@ def _fit(args: argparse.Namespace) -> int:
     before = other_load_now()
     during = OtherLoad()
     jobs = sampling.plan(args.samples, args.seed)
-    with _bar(len(jobs) * sampling.PASSES, "time layer shapes") as bar:
-        samples = sampling.measure_all(jobs, reps, on_sample=lambda: bar.update())
-    measured = [(sample.layer, sample.median_ms) for sample in samples]
-    spread = sampling.pass_spread(samples)
-    predictor = fit(measured, FOLDS, args.seed, node)
     runs = [(target, batch) for target in targets for batch in batches]
     check = _check_effort(args)
-    with _bar(len(runs), "validate on models") as bar:
-        timings = check.wholes([(target.model, batch) for target, batch in runs], on_done=bar.update)
+    models = check.whole_rounds([(target.model, batch) for target, batch in runs])
+
+    def check_round() -> None:
+        with torch.inference_mode():
+            models.round()
+
+    with _bar(len(jobs) * sampling.PASSES, "time layer shapes and models") as bar:
+
+        def another_pass(done: int) -> None:
+            bar.total = (bar.total or 0) + len(jobs)
+            bar.set_description(f"noisy: pass {done + 1} of up to {sampling.MAX_PASSES}")
+
+        samples = sampling.measure_all(
+            jobs,
+            reps,
+            on_sample=lambda: bar.update(),
+            on_more=another_pass,
+            check=check_round,
+            checks_per_pass=CHECKS_PER_PASS,
+        )
+    passes = len(samples[0].pass_medians_ms) if samples else 0
+    measured = [(sample.layer, sample.quiet_ms) for sample in samples]
+    spread = sampling.pass_spread(samples)
+    predictor = fit(measured, FOLDS, args.seed, node)
     validation = [
-        validate_model(predictor, target.model, target.name, batch, timing.median_ms)
-        for (target, batch), timing in zip(runs, timings, strict=True)
+        validate_model(predictor, target.model, target.name, batch, timing.quiet_ms)
+        | {"median_ms": round(timing.median_ms, 4), "rounds_ms": [round(m, 4) for m in timing.rounds_ms]}
+        for (target, batch), timing in zip(runs, models.timings(), strict=True)
     ]
     folds = _folds(measured, FOLDS, args.seed)
     extra = {
@@ -199,13 +224,14 @@ def _fit(args: argparse.Namespace) -> int:
         "settings": {
             "samples_per_type": args.samples,
             "reps": reps,
-            "passes": sampling.PASSES,
+            "passes": passes,
+            "max_passes": sampling.MAX_PASSES,
             "warmup": 3,
             "folds": FOLDS,
             "seed": args.seed,
             "dtype": "float32",
             "memory_format": "channels_last",
-            "check_rounds": check.rounds,
+            "check_rounds": passes * CHECKS_PER_PASS,
             "check_measure_s": round(check.measure_s, 3),
             "pass_spread": round(spread, 4),
             "other_cores_before": before,
@@ -213,13 +239,20 @@ def _fit(args: argparse.Namespace) -> int:
         },
         "validation": validation,
         "samples": [
-            {"type": layer.type, "label": layer.label, "features": layer.features, "median_ms": ms, "fold": fold}
-            for (layer, ms), fold in zip(measured, folds, strict=True)
+            {
+                "type": layer.type,
+                "label": layer.label,
+                "features": layer.features,
+                "ms": ms,
+                "pass_medians_ms": [round(m, 6) for m in sample.pass_medians_ms],
+                "fold": fold,
+            }
+            for sample, (layer, ms), fold in zip(samples, measured, folds, strict=True)
         ],
     }
     save_fit(out, predictor, extra)
     busy = max(before or 0.0, extra["settings"]["other_cores_during"] or 0.0)
-    print(format_fit(predictor, validation, node.to_json(), busy, spread))
+    print(format_fit(predictor, validation, node.to_json(), busy, spread, passes))
     print(f"fit written: {out}")
     return 0
 
@@ -252,11 +285,16 @@ def validate_model(predictor: Predictor, model: StagedModel, name: str, batch: i
 
 
 def format_fit(
-    predictor: Predictor, validation: list[dict[str, Any]], node: dict[str, Any], busy: float, spread: float = 0.0
+    predictor: Predictor,
+    validation: list[dict[str, Any]],
+    node: dict[str, Any],
+    busy: float,
+    spread: float = 0.0,
+    passes: int = sampling.PASSES,
 ) -> str:
     """The cross-validated error per layer type and the whole-model check, against the issue's targets.
 
-    ``spread`` is :func:`agents.profiling.sampling.pass_spread` of the layers' timings.
+    ``spread`` is :func:`agents.profiling.sampling.pass_spread` of the layers' timings, over ``passes`` passes.
     """
     lines = [
         f"latency predictor for {node['hostname']}: {node['cpu_model']}, {node['torch_threads']} torch threads",
@@ -286,12 +324,13 @@ def format_fit(
         lines.append(f"mean |error| {100 * mean_abs:.1f}%")
     if busy > BUSY_WARNING:
         lines.append(f"warning: other processes kept {busy:.2f} cores busy: figures may be high and noisy")
-    lines.append(f"timing noise: a layer's two passes differed by {100 * spread:.1f} % (median over the layers)")
+    which = "two passes" if passes <= 2 else f"two quietest of {passes} passes"
+    lines.append(f"timing noise: a layer's {which} differed by {100 * spread:.1f} % (median over the layers)")
     if spread > sampling.NOISY_PASSES:
         lines.append(
-            f"warning: over {100 * sampling.NOISY_PASSES:.0f} %: the host was not quiet while the layers were timed"
-            " (a virtual machine's host can slow it without any process showing), so the errors above are"
-            " partly noise: fit again when it is quiet"
+            f"warning: over {100 * sampling.NOISY_PASSES:.0f} % after {passes} passes: the host was not quiet while"
+            " the layers were timed (a virtual machine's host can slow it without any process showing), so the"
+            " errors above are partly noise: fit again when it is quiet"
         )
     return "\n".join(lines)
 

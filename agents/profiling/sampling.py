@@ -13,14 +13,14 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.evaluation.latency import time_call, timed_calls
+from agents.evaluation.latency import quiet_level, time_call, timed_calls
 from agents.profiling.layers import ALIASED_ROWS, TYPES, Layer, capture_one, conv_path
 
 Call = Callable[[], object]
@@ -273,12 +273,21 @@ HOT = frozenset({"module", "view"})
 
 @dataclass(frozen=True)
 class Sample:
-    """One synthetic layer and its measured median milliseconds on this node."""
+    """One synthetic layer and its measured median milliseconds on this node (over every pass's calls)."""
 
     layer: Layer
     median_ms: float
     calls_ms: tuple[float, ...] = field(default=(), compare=False, repr=False)
     pass_medians_ms: tuple[float, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def quiet_ms(self) -> float:
+        """The time the fit uses: :func:`~agents.evaluation.latency.quiet_level` of the pass medians.
+
+        The mean of the two quietest passes: noise from a virtual machine's host only ever adds
+        time, and in a noisy spell a pass can be slow throughout.
+        """
+        return quiet_level(self.pass_medians_ms) if self.pass_medians_ms else self.median_ms
 
 
 def plan(samples_per_type: int, seed: int = 0) -> list[tuple[str, int]]:
@@ -377,11 +386,37 @@ def measure(
     return Sample(layer, statistics.median(calls), tuple(calls))
 
 
-#: Each layer is timed in this many passes over the whole plan (the later ones in reverse order), each
-#: with a share of the repetitions; its median is over all of them. A few timings of a 5 µs layer
-#: span well under a millisecond, so one burst of noise on the host can shift them all; spread
-#: over passes seconds apart, it shifts one pass's share.
+#: Each layer is timed in at least this many passes over the whole plan (every other one in reverse
+#: order), each with a share of the repetitions. A few timings of a 5 µs layer span well under a
+#: millisecond, so one burst of noise on the host can shift them all; spread over passes seconds
+#: apart, it shifts one pass, and the fit keeps the two quietest (:attr:`Sample.quiet_ms`).
 PASSES = 2
+
+#: While the passes disagree by more than :data:`NOISY_PASSES` (:func:`pass_spread`), more are
+#: timed, up to this many in all: in a noisy spell both of two passes can be slow.
+MAX_PASSES = 6
+
+#: Above this :func:`pass_spread`, the fit times another pass, and warns if it still disagrees after
+#: :data:`MAX_PASSES`. Fifteen fits in a quiet spell of the VM here: 3.7–4.8 %; one at 5.4 % put
+#: `conv.im2col` and `pool.avg` at 15.2 and 15.6 % (12.5–13.7 % the worst type in the seven others of
+#: its batch), and fits at 5.0–5.4 % in a noisier spell had a type over 15 % in two of six; in a noisy
+#: spell a fit put `view` (normally under 5 %) and `concat` at 17–18 %.
+NOISY_PASSES = 0.05
+
+
+def pass_spread(samples: list[Sample]) -> float:
+    """The median over layers of how far apart their two quietest passes are (second lowest / lowest − 1).
+
+    0 with one pass. Other processes show in the busy meter, but a virtual machine's host can slow
+    it for seconds without any: the passes, seconds to a minute apart, then disagree. With two
+    passes this is how far they differ; with more, whether the quietest two agree on the layer's time.
+    """
+    return _spread([s.pass_medians_ms for s in samples])
+
+
+def _spread(pass_medians: Sequence[Sequence[float]]) -> float:
+    apart = [sorted(m)[1] / min(m) - 1 for m in pass_medians if len(m) > 1]
+    return statistics.median(apart) if apart else 0.0
 
 
 def measure_all(
@@ -389,46 +424,44 @@ def measure_all(
     reps: int = 15,
     on_sample: Callable[[], object] | None = None,
     passes: int = PASSES,
+    max_passes: int = MAX_PASSES,
+    on_more: Callable[[int], object] | None = None,
+    check: Callable[[], object] | None = None,
+    checks_per_pass: int = 3,
 ) -> list[Sample]:
-    """Measure every planned layer, each timed after a cache flush, in ``passes`` passes: one sample per job, in order.
+    """Measure every planned layer, each timed after a cache flush, in passes: one sample per job, in order.
 
-    ``on_sample`` is called after each layer of each pass (``passes * len(jobs)`` times).
+    ``passes`` passes at least; then, while :func:`pass_spread` is over :data:`NOISY_PASSES`, one
+    more, up to ``max_passes``. ``on_more(p)`` is called before each extra pass (``p`` counts the
+    passes so far), ``on_sample`` after each layer of each pass. ``check`` (a round of the
+    whole-model check) runs ``checks_per_pass`` times in each pass, evenly spaced, so a slow spell
+    of the host falls on the layers and on the models alike.
     """
     flush = CacheFlush()
-    share = max(1, math.ceil(reps / max(1, passes)))
+    passes = max(1, passes)
+    share = max(1, math.ceil(reps / passes))
     calls: list[list[float]] = [[] for _ in jobs]
     pass_medians: list[list[float]] = [[] for _ in jobs]
     layers: list[Layer | None] = [None] * len(jobs)
-    for p in range(max(1, passes)):
+    p = 0
+    while p < passes or (p < max_passes and _spread(pass_medians) > NOISY_PASSES):
+        if p >= passes and on_more is not None:
+            on_more(p)
         order = range(len(jobs)) if p % 2 == 0 else range(len(jobs) - 1, -1, -1)
-        for i in order:
+        stops = {n * len(jobs) // max(1, checks_per_pass) for n in range(checks_per_pass)} if check else set()
+        for position, i in enumerate(order):
+            if position in stops and check is not None:
+                check()
             kind, seed = jobs[i]
-            sample = measure(kind, seed, share, budget_s=0.05 / max(1, passes), flush=flush)
+            sample = measure(kind, seed, share, budget_s=0.05 / passes, flush=flush)
             layers[i] = sample.layer
             calls[i] += sample.calls_ms
             pass_medians[i].append(sample.median_ms)
             if on_sample is not None:
                 on_sample()
+        p += 1
     return [
         Sample(layer, statistics.median(c), tuple(c), tuple(m))
         for layer, c, m in zip(layers, calls, pass_medians, strict=True)
         if layer
     ]
-
-
-#: Above this :func:`pass_spread`, the fit warns that the host was not quiet. Fifteen fits in a quiet
-#: spell of the VM here: 3.7–4.8 %; one at 5.4 % put `conv.im2col` and `pool.avg` at 15.2 and 15.6 %
-#: (12.5–13.7 % the worst type in the seven others of its batch), and fits at 5.0–5.4 % in a noisier
-#: spell had a type over 15 % in two of six; in a noisy spell it reached 13 %, and a fit put `view`
-#: (normally under 5 %) and `concat` at 17–18 %.
-NOISY_PASSES = 0.05
-
-
-def pass_spread(samples: list[Sample]) -> float:
-    """The median over layers of how far apart their passes' medians are (max / min − 1); 0 with one pass.
-
-    Other processes show in the busy meter, but a virtual machine's host can slow it for seconds
-    without any: the passes, seconds to a minute apart, then disagree.
-    """
-    spreads = [max(s.pass_medians_ms) / min(s.pass_medians_ms) - 1 for s in samples if len(s.pass_medians_ms) > 1]
-    return statistics.median(spreads) if spreads else 0.0

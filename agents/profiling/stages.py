@@ -16,15 +16,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from agents.errors import UserError
 from agents.evaluation.latency import (
+    RoundTimer,
     StageLatency,
     Timing,
     exit_latency,
     stage_latency,
-    time_in_rounds,
     whole_model_call,
     whole_model_timing,
 )
@@ -79,18 +77,17 @@ class Effort:
         """The whole model, every exit computed."""
         return whole_model_timing(model, batch, self.reps, self.warmup, warmup_s=self.warmup_s, min_s=self.measure_s)
 
-    def wholes(
-        self, runs: Sequence[tuple[StagedModel, int]], on_done: Callable[[], object] | None = None
-    ) -> list[Timing]:
-        """Whole models (model, batch), every exit computed, in rounds taking turns, as stages are.
+    def whole_rounds(self, runs: Sequence[tuple[StagedModel, int]]) -> RoundTimer:
+        """Whole models (model, batch), every exit computed, timed a round at a time when the caller says.
 
-        Timed one after another for a third of a second each, mobilenet_v2's median moved by 6–10 %
-        within a minute here, mostly single slow or fast windows; the median of rounds spread over
-        all the models outvotes them.
+        Each round has a ``rounds``-th of this effort's calls and seconds; run :meth:`RoundTimer.round`
+        under ``torch.inference_mode()``. Timed one after another for a third of a second each,
+        mobilenet_v2's median moved by 6–10 % within a minute here, mostly in single slow or fast
+        windows: rounds spread over the fit's layer timing see the same windows the layers do.
         """
         calls = [whole_model_call(model, batch) for model, batch in runs]
-        with torch.inference_mode():
-            return time_in_rounds(calls, self.rounds, self.reps, self.warmup, self.warmup_s, self.measure_s, on_done)
+        rounds = max(1, self.rounds)
+        return RoundTimer(calls, -(-self.reps // rounds), self.warmup, self.warmup_s, self.measure_s / rounds)
 
 
 def _ms(value: float) -> float:
