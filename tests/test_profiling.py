@@ -29,6 +29,7 @@ from agents.profiling.inside import TypeTimes, by_type, layer_times
 from agents.profiling.layers import (
     TYPES,
     Layer,
+    Recording,
     capture_one,
     cat_runs,
     classify,
@@ -37,6 +38,7 @@ from agents.profiling.layers import (
     record_stages,
 )
 from agents.profiling.loading import load_model
+from agents.profiling.memory import MemoryCurve, measure_memory
 from agents.profiling.node import NodeIdentity, cpu_model, node_identity
 from agents.profiling.predictor import (
     FIT_SCHEMA,
@@ -49,6 +51,7 @@ from agents.profiling.predictor import (
     mape,
     nnls,
     save_fit,
+    weight_bytes,
 )
 from agents.profiling.sampling import (
     GENERATORS,
@@ -499,6 +502,42 @@ def test_fit_file_round_trip(tmp_path: Path) -> None:
     probe = Layer("norm", {"elems": 5000.0, "per_thread": 2500.0})
     assert loaded.predict_layer(probe) == pytest.approx(0.01 + 2e-7 * 5000, rel=1e-6)
     assert loaded.predict_layer(Layer("concat", {})) == 0.0  # a type without samples is not priced
+    assert loaded.memory is None  # a fit without a memory curve (as before 2026-11-30) prices no streaming
+    curve = MemoryCurve((4.0, 256.0), (60.0, 25.0))
+    save_fit(path, fit(samples, node=node_identity(), memory=curve), {})
+    assert load_fit(path)[0].memory == curve
+    data = json.loads(path.read_text())
+    data["memory"]["gbs"] = [60.0, -1.0]
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="malformed"):
+        load_fit(path)
+
+
+def test_the_memory_curve() -> None:
+    curve = MemoryCurve((4.0, 16.0, 256.0), (70.0, 50.0, 26.0))
+    assert curve.bandwidth_gbs(1.0) == 70.0 and curve.bandwidth_gbs(4.0) == 70.0  # flat below the smallest
+    assert curve.bandwidth_gbs(8.0) == pytest.approx(60.0)  # halfway in log size
+    assert curve.bandwidth_gbs(64.0) == pytest.approx(38.0) and curve.bandwidth_gbs(4096.0) == 26.0
+    for sizes, gbs in (((4.0, 4.0), (1.0, 1.0)), ((4.0,), (1.0, 2.0)), ((4.0,), (0.0,)), ((), ())):
+        with pytest.raises(ValueError):
+            MemoryCurve(sizes, gbs)
+    ticks: list[int] = []
+    measured = measure_memory((1, 2), reps=2, on_size=lambda: ticks.append(1))
+    assert measured.sizes_mib == (1.0, 2.0) and all(g > 0.1 for g in measured.gbs) and len(ticks) == 2
+
+
+def test_a_network_past_the_cache_streams_its_weights() -> None:
+    # Linear layers priced at 1 ms each by their regression; 4 MiB of weights each.
+    linear = TypeModel("linear", TYPES["linear"], (1.0, *[0.0] * len(TYPES["linear"])))
+    curve = MemoryCurve((16.0, 256.0), (50.0, 2.0))
+    big = Layer("linear", {"weight_elems": float(2**20)})
+    few, many = Recording(layers=[big] * 2), Recording(layers=[big] * 128)  # 8 MiB and 512 MiB of weights
+    priced = Predictor({"linear": linear}, memory=curve)
+    assert priced.predict(few).total_ms == pytest.approx(2.0) and priced.predict(few).memory_bound == 0
+    streamed = priced.predict(many)  # 4 MiB at 2 GB/s: 2.1 ms a layer, more than the regression's 1 ms
+    assert streamed.total_ms == pytest.approx(128 * 4 * 2**20 / 2e6) and streamed.memory_bound == 128
+    assert Predictor({"linear": linear}).predict(many).total_ms == pytest.approx(128.0)  # no curve, no floor
+    assert weight_bytes(Layer("norm", {"weight_elems": 10.0})) == 0.0  # only weighted types stream
 
 
 def test_layer_times_inside_a_model() -> None:
@@ -560,6 +599,7 @@ def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
     assert data["types"]["conv"]["folds"] == 5 and data["types"]["norm"]["folds"] == 0
     assert "too few shapes to score (10 needed)" in proc.stdout
     assert {s["fold"] for s in data["samples"] if s["type"] == "conv"} == set(range(5))
+    assert "memory reads:" in proc.stdout and len(data["memory"]["gbs"]) == len(data["memory"]["sizes_mib"]) >= 1
     # What was fitted and checked: each shape's two quietest passes, each model's two quietest rounds.
     assert all(s["ms"] == pytest.approx(quiet_level(s["pass_medians_ms"]), rel=1e-3) for s in data["samples"])
     check = data["validation"][0]

@@ -24,6 +24,7 @@ from agents.profiling.export import profile_points, write_points
 from agents.profiling.inside import by_type, layer_times
 from agents.profiling.layers import Layer, Recording, record_stages
 from agents.profiling.loading import load_model
+from agents.profiling.memory import SIZES_MIB, measure_memory
 from agents.profiling.node import NodeIdentity, OtherLoad, node_identity, other_load_now
 from agents.profiling.predictor import FOLDS, Predictor, fit, fold_of, load_fit, save_fit
 from agents.profiling.stages import Effort, load_profile, profile_model, profile_steps, save_profile
@@ -208,10 +209,12 @@ def _fit(args: argparse.Namespace) -> int:
             check=check_round,
             checks_per_pass=CHECKS_PER_PASS,
         )
+    with _bar(len(SIZES_MIB), "time memory reads") as bar:
+        memory = measure_memory(on_size=bar.update)
     passes = len(samples[0].pass_medians_ms) if samples else 0
     measured = [(sample.layer, sample.quiet_ms) for sample in samples]
     spread = sampling.pass_spread(samples)
-    predictor = fit(measured, FOLDS, args.seed, node)
+    predictor = fit(measured, FOLDS, args.seed, node, memory)
     validation = [
         validate_model(predictor, target.model, target.name, batch, timing.quiet_ms)
         | {"median_ms": round(timing.median_ms, 4), "rounds_ms": [round(m, 4) for m in timing.rounds_ms]}
@@ -281,6 +284,7 @@ def validate_model(predictor: Predictor, model: StagedModel, name: str, batch: i
         "error": round(prediction.total_ms / measured - 1, 4),
         "predicted_by_type_ms": {k: round(v, 4) for k, v in sorted(prediction.by_type.items())},
         "unpriced": prediction.unknown,
+        "memory_bound_layers": prediction.memory_bound,
     }
 
 
@@ -324,6 +328,10 @@ def format_fit(
         lines.append(f"mean |error| {100 * mean_abs:.1f}%")
     if busy > BUSY_WARNING:
         lines.append(f"warning: other processes kept {busy:.2f} cores busy: figures may be high and noisy")
+    if predictor.memory is not None:
+        curve = predictor.memory
+        points = ", ".join(f"{g:.0f} GB/s at {s:.0f} MiB" for s, g in zip(curve.sizes_mib, curve.gbs, strict=True))
+        lines.append(f"memory reads: {points} (a weighted layer costs at least its weights at its network's size)")
     which = "two passes" if passes <= 2 else f"two quietest of {passes} passes"
     lines.append(f"timing noise: a layer's {which} differed by {100 * spread:.1f} % (median over the layers)")
     if spread > sampling.NOISY_PASSES:

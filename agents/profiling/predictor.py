@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from agents.errors import UserError
 from agents.profiling.layers import TYPES, Layer, Recording
+from agents.profiling.memory import MemoryCurve
 from agents.profiling.node import NodeIdentity
 
 FIT_SCHEMA = "cascade-latency-fit/1"
@@ -106,33 +107,63 @@ class TypeModel:
 
 @dataclass
 class Prediction:
-    """A predicted latency, per layer type, and the torch functions it could not price."""
+    """A predicted latency, per layer type, and the torch functions it could not price.
+
+    ``memory_bound`` counts the layers priced by reading their weights rather than by their
+    type's regression (see :meth:`Predictor.predict`).
+    """
 
     total_ms: float
     by_type: dict[str, float] = field(default_factory=dict)
     unknown: dict[str, int] = field(default_factory=dict)
+    memory_bound: int = 0
+
+
+#: Layer types whose ``weight_elems`` are read from memory on every call (float32 weights).
+WEIGHTED = ("conv", "conv.im2col", "linear")
+
+
+def weight_bytes(layer: Layer) -> float:
+    """Bytes of weights ``layer`` reads (float32), 0 for a type without weights worth streaming."""
+    return 4.0 * layer.features.get("weight_elems", 0.0) if layer.type in WEIGHTED else 0.0
 
 
 @dataclass(frozen=True)
 class Predictor:
-    """Per-type latency models fitted on one node."""
+    """Per-type latency models fitted on one node, and the node's memory read speed (``memory``, when measured)."""
 
     types: dict[str, TypeModel]
     node: NodeIdentity | None = None
+    memory: MemoryCurve | None = None
 
     def predict_layer(self, layer: Layer) -> float:
-        """Milliseconds of one layer (0 for a type the fit did not cover)."""
+        """Milliseconds of one layer by its type's regression (0 for a type the fit did not cover).
+
+        Alone, without the network around it: :meth:`predict` adds the floor of reading the weights.
+        """
         model = self.types.get(layer.type)
         return model.predict(layer) if model is not None else 0.0
 
     def predict(self, rec: Recording) -> Prediction:
-        """Milliseconds of a recorded forward pass: the sum over its layers and module calls."""
+        """Milliseconds of a recorded forward pass: the sum over its layers and module calls.
+
+        With a memory curve, a weighted layer takes at least its weights' bytes over the read
+        speed at the size of all the recording's weights: past the cache, a network's weights
+        stream from memory on every pass (vgg11 at 32×32, 491 MiB of weights: −39 % without this
+        floor, +7 % with it here; the zoo models, 1–44 MiB, did not move).
+        """
         out = Prediction(0.0, unknown=dict(rec.unknown))
+        gbs = self.memory.bandwidth_gbs(sum(map(weight_bytes, rec.layers)) / 2**20) if self.memory else None
         for layer in rec.all_layers():
             if layer.type not in self.types:
                 out.unknown[layer.type] = out.unknown.get(layer.type, 0) + 1
                 continue
             ms = self.predict_layer(layer)
+            if gbs is not None:
+                streamed_ms = weight_bytes(layer) / (gbs * 1e6)
+                if streamed_ms > ms:
+                    ms = streamed_ms
+                    out.memory_bound += 1
             out.by_type[layer.type] = out.by_type.get(layer.type, 0.0) + ms
             out.total_ms += ms
         return out
@@ -186,9 +217,13 @@ def fit_type(
 
 
 def fit(
-    samples: Sequence[tuple[Layer, float]], folds: int = FOLDS, seed: int = 0, node: NodeIdentity | None = None
+    samples: Sequence[tuple[Layer, float]],
+    folds: int = FOLDS,
+    seed: int = 0,
+    node: NodeIdentity | None = None,
+    memory: MemoryCurve | None = None,
 ) -> Predictor:
-    """A predictor from ``(layer, measured ms)`` samples: one model per type present."""
+    """A predictor from ``(layer, measured ms)`` samples: one model per type present, and the node's ``memory``."""
     by_type: dict[str, list[tuple[Layer, float]]] = {}
     for layer, ms in samples:
         by_type.setdefault(layer.type, []).append((layer, ms))
@@ -197,7 +232,7 @@ def fit(
         if kind in by_type:
             pairs = by_type[kind]
             models[kind] = fit_type(kind, [p[0] for p in pairs], [p[1] for p in pairs], folds, seed)
-    return Predictor(models, node)
+    return Predictor(models, node, memory)
 
 
 def save_fit(path: Path, predictor: Predictor, extra: dict[str, Any]) -> None:
@@ -206,6 +241,7 @@ def save_fit(path: Path, predictor: Predictor, extra: dict[str, Any]) -> None:
         "schema": FIT_SCHEMA,
         **({"node": predictor.node.to_json()} if predictor.node else {}),
         "types": {k: m.to_json() for k, m in predictor.types.items()},
+        **({"memory": predictor.memory.to_json()} if predictor.memory else {}),
         **extra,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +285,7 @@ def load_fit(path: Path) -> tuple[Predictor, dict[str, Any]]:
                 math.nan if max_value is None else float(max_value),
             )
         node = NodeIdentity.from_json(data["node"]) if "node" in data else None
+        memory = MemoryCurve.from_json(data["memory"]) if "memory" in data else None  # none before 2026-11-30
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise UserError(f"fit file {path}: malformed ({exc})") from None
-    return Predictor(types, node), data
+    return Predictor(types, node, memory), data
