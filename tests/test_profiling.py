@@ -38,7 +38,7 @@ from agents.profiling.layers import (
     record_stages,
 )
 from agents.profiling.loading import load_model
-from agents.profiling.memory import MemoryCurve, measure_memory
+from agents.profiling.memory import MemoryCurve, available_mib, measure_memory
 from agents.profiling.node import NodeIdentity, cpu_model, node_identity
 from agents.profiling.predictor import (
     FIT_SCHEMA,
@@ -513,7 +513,7 @@ def test_fit_file_round_trip(tmp_path: Path) -> None:
         load_fit(path)
 
 
-def test_the_memory_curve() -> None:
+def test_the_memory_curve(tmp_path: Path) -> None:
     curve = MemoryCurve((4.0, 16.0, 256.0), (70.0, 50.0, 26.0))
     assert curve.bandwidth_gbs(1.0) == 70.0 and curve.bandwidth_gbs(4.0) == 70.0  # flat below the smallest
     assert curve.bandwidth_gbs(8.0) == pytest.approx(60.0)  # halfway in log size
@@ -521,6 +521,11 @@ def test_the_memory_curve() -> None:
     for sizes, gbs in (((4.0, 4.0), (1.0, 1.0)), ((4.0,), (1.0, 2.0)), ((4.0,), (0.0,)), ((), ())):
         with pytest.raises(ValueError):
             MemoryCurve(sizes, gbs)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683520 kB\nMemFree:          524288 kB\nMemAvailable:   20971520 kB\n")
+    assert available_mib(meminfo) == 20480.0  # available, not merely free: page cache counts
+    fallback = available_mib(tmp_path / "absent")  # no meminfo: sysconf's free pages, where the OS has them
+    assert fallback is None or fallback > 0
     ticks: list[int] = []
     measured = measure_memory((1, 2), reps=2, on_size=lambda: ticks.append(1))
     assert measured.sizes_mib == (1.0, 2.0) and all(g > 0.1 for g in measured.gbs) and len(ticks) == 2

@@ -17,6 +17,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,8 +65,18 @@ class MemoryCurve:
         return cls(tuple(float(s) for s in data["sizes_mib"]), tuple(float(g) for g in data["gbs"]))
 
 
-def available_mib() -> float | None:
-    """Memory available to a new allocation now, MiB (None where the OS does not say)."""
+def available_mib(meminfo: Path = Path("/proc/meminfo")) -> float | None:
+    """Memory available to a new allocation now, MiB (None where the OS does not say).
+
+    Linux's ``MemAvailable`` counts page cache the kernel would drop, which free pages alone do
+    not: a node that has read its datasets has little memory free but plenty available.
+    """
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (ValueError, OSError, AttributeError):
