@@ -150,7 +150,7 @@ class Predictor:
         With a memory curve, a weighted layer takes at least its weights' bytes over the read
         speed at the size of all the recording's weights: past the cache, a network's weights
         stream from memory on every pass (vgg11 at 32×32, 491 MiB of weights: −39 % without this
-        floor, +7 % with it here; the zoo models, 1–44 MiB, did not move).
+        floor, +2 to +7 % with it in two fits here; the zoo models, 1–44 MiB, did not move).
         """
         out = Prediction(0.0, unknown=dict(rec.unknown))
         gbs = self.memory.bandwidth_gbs(sum(map(weight_bytes, rec.layers)) / 2**20) if self.memory else None
