@@ -9,6 +9,7 @@ of the stage before, channels-last input. The file's layout is documented in
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ class Effort:
         """
         calls = [whole_model_call(model, batch) for model, batch in runs]
         rounds = max(1, self.rounds)
-        return RoundTimer(calls, -(-self.reps // rounds), self.warmup, self.warmup_s, self.measure_s / rounds)
+        return RoundTimer(calls, math.ceil(self.reps / rounds), self.warmup, self.warmup_s, self.measure_s / rounds)
 
 
 def _ms(value: float) -> float:
