@@ -24,7 +24,7 @@ from agents.errors import UserError
 from agents.evaluation.latency import Timing, quiet_level, stage_latency, time_in_rounds
 from agents.models.zoo import build_model
 from agents.profiling import sampling
-from agents.profiling.command import CHECKS_PER_PASS, format_fit
+from agents.profiling.command import CHECKS_PER_PASS, PARTS_SUMMED, format_fit
 from agents.profiling.export import profile_points, write_points
 from agents.profiling.inside import TypeTimes, by_type, layer_times
 from agents.profiling.layers import (
@@ -625,8 +625,17 @@ def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(pred.read_text())["batches"][0]["rows"]
-    assert [r["part"] for r in rows][-1] == "whole model" and len(rows) == 4 + 3 + 1
+    assert [r["part"] for r in rows][-2:] == [PARTS_SUMMED, "whole model"] and len(rows) == 4 + 3 + 2
     assert all(r["predicted_ms"] > 0 and math.isfinite(r["error"]) for r in rows)
+    # The summed row is the stages and exit heads read from the profile, and their predictions, added up.
+    profile = load_profile(prof)
+    at2 = [
+        next(e["median_ms"] for e in entries if e["batch"] == 2)
+        for entries in [s["latency"] for s in profile["stages"]]
+        + [s["exit"]["latency"] for s in profile["stages"] if s["exit"]]
+    ]
+    assert rows[-2]["measured_ms"] == pytest.approx(math.fsum(at2))
+    assert rows[-2]["predicted_ms"] == pytest.approx(math.fsum(r["predicted_ms"] for r in rows[:-2]))
     # Measured now (no --profile): the per-type table, every call timed inside the model.
     proc = cascade(
         "profile", "--predict", "--model", "device-small", "--fit-file", str(fit_file), "--json", str(pred), *common
