@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -21,10 +22,11 @@ from torch import Tensor, nn
 
 from agents.cli import main
 from agents.errors import UserError
-from agents.evaluation.latency import Timing, quiet_level, stage_latency, time_in_rounds
+from agents.evaluation.latency import Timing, in_pass_latency, quiet_level, stage_latency, time_in_rounds
+from agents.models.staged import StagedModel
 from agents.models.zoo import build_model
 from agents.profiling import sampling
-from agents.profiling.command import CHECKS_PER_PASS, PARTS_SUMMED, format_fit
+from agents.profiling.command import CHECKS_PER_PASS, PARTS_SUMMED, format_fit, format_profile, measured_from_profile
 from agents.profiling.export import profile_points, write_points
 from agents.profiling.inside import TypeTimes, by_type, layer_times
 from agents.profiling.layers import (
@@ -96,6 +98,9 @@ def test_profile_schema(profile: dict[str, Any], tmp_path: Path) -> None:
         for e in stage["latency"]:
             assert 0 < e["median_ms"] <= e["p95_ms"] and e["repeat_median_ms"] > 0
     assert profile["stages"][0]["output_bytes"] == 4 * 24 * 32 * 32
+    # Every part timed again inside whole passes, where it runs.
+    entries = [e for s in profile["stages"] for e in s["latency"] + (s["exit"]["latency"] if s["exit"] else [])]
+    assert all(e["in_pass_median_ms"] > 0 for e in entries + profile["whole_model"])
     path = tmp_path / "p.json"
     save_profile(profile, path)
     assert load_profile(path)["stages"] == profile["stages"]
@@ -111,6 +116,44 @@ def test_bigger_stages_and_batches_cost_more(profile: dict[str, Any]) -> None:
         assert b8["median_ms"] > b1["median_ms"], stage["stage"]
     whole1, whole8 = profile["whole_model"]
     assert whole8["median_ms"] > whole1["median_ms"]
+
+
+class _Spin(torch.nn.Module):
+    """A part that takes ``ms`` milliseconds of wall time, whatever its input (passed through)."""
+
+    def __init__(self, ms: float) -> None:
+        super().__init__()
+        self.ms = ms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        end = time.perf_counter() + self.ms / 1e3
+        while time.perf_counter() < end:
+            pass
+        return x
+
+
+def test_in_pass_timing_times_each_part_where_it_runs() -> None:
+    model = StagedModel("spin", [_Spin(0.5), _Spin(3.0), _Spin(1.0)], {0: _Spin(0.2), 2: _Spin(0.1)})
+    timed = in_pass_latency(model, 1, reps=15, warmup=2)
+    assert [t.median_ms for t in timed.stages] == pytest.approx([0.5, 3.0, 1.0], abs=0.05)
+    assert sorted(timed.heads) == [0, 2] and timed.heads[0].median_ms == pytest.approx(0.2, abs=0.05)
+    assert all(t.reps == 15 for t in [*timed.stages, *timed.heads.values(), timed.passes])
+    parts = sum(t.median_ms for t in timed.stages) + sum(t.median_ms for t in timed.heads.values())
+    assert timed.passes.median_ms == pytest.approx(parts, rel=0.1)  # the clock between parts costs next to nothing
+
+
+def test_profiles_without_in_pass_figures_still_read(profile: dict[str, Any]) -> None:
+    measured = measured_from_profile(profile, 8)
+    assert measured.in_pass_stages == [s["latency"][1]["in_pass_median_ms"] for s in profile["stages"]]
+    assert measured.in_pass_heads == {
+        s["stage"]: s["exit"]["latency"][1]["in_pass_median_ms"] for s in profile["stages"] if s["exit"]
+    }
+    assert "in pass" in format_profile(profile)
+    old = json.loads(json.dumps(profile).replace('"in_pass_median_ms"', '"gone"'))  # as written before 2026-11-30
+    measured = measured_from_profile(old, 8)
+    assert measured.in_pass_stages is None and measured.in_pass_heads is None
+    assert measured.stages == [s["latency"][1]["median_ms"] for s in profile["stages"]]
+    assert len(format_profile(old).splitlines()) == len(format_profile(profile).splitlines())
 
 
 def test_untrained_zoo_model_and_unknown_names() -> None:
@@ -130,6 +173,8 @@ def test_profile_points_for_influx(profile: dict[str, Any]) -> None:
     assert len(lines) == 2 * 4 + 2  # 4 stages and the whole model, at 2 batch sizes
     assert lines[0].startswith("profile,batch=1,model=device-small,node=node\\ a,stage=0,threads=1 ")
     assert "exit_median_ms=" in next(line for line in lines if "stage=1," in line)
+    assert all("in_pass_median_ms=" in line for line in lines)
+    assert "exit_in_pass_median_ms=" in next(line for line in lines if "stage=1," in line)
     assert all(line.split(" ")[-1] == str(profile["time_ns"]) for line in lines)
 
 
@@ -636,13 +681,19 @@ def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
     ]
     assert rows[-2]["measured_ms"] == pytest.approx(math.fsum(at2))
     assert rows[-2]["predicted_ms"] == pytest.approx(math.fsum(r["predicted_ms"] for r in rows[:-2]))
+    # The profile timed each part inside whole passes too: the rows carry it, and the sum adds it up.
+    assert all(r["in_pass_ms"] > 0 and math.isfinite(r["in_pass_error"]) for r in rows[:-1])
+    assert rows[-2]["in_pass_ms"] == pytest.approx(math.fsum(r["in_pass_ms"] for r in rows[:-2]))
+    assert "in_pass_ms" not in rows[-1] and "in pass" in proc.stdout
     # Measured now (no --profile): the per-type table, every call timed inside the model.
     proc = cascade(
         "profile", "--predict", "--model", "device-small", "--fit-file", str(fit_file), "--json", str(pred), *common
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "each call timed inside the model" in proc.stdout and "outside layers" in proc.stdout
-    inside = json.loads(pred.read_text())["batches"][0]["inside"]
+    measured_now = json.loads(pred.read_text())["batches"][0]
+    assert all(r["in_pass_ms"] > 0 for r in measured_now["rows"][:-1])
+    inside = measured_now["inside"]
     layers = record_stages(load_model("device-small").model, 1)[2].layers
     assert sum(t["calls"] for t in inside["types"]) == len(layers)
     assert {t["type"] for t in inside["types"]} == {layer.type for layer in layers}

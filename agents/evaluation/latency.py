@@ -311,3 +311,60 @@ def whole_model_timing(
 ) -> Timing:
     """Median and p95 milliseconds of the whole model, every exit computed, at ``batch``."""
     return time_call(whole_model_call(model, batch), reps, warmup, warmup_s=warmup_s, min_s=min_s)
+
+
+@dataclass(frozen=True)
+class PassLatency:
+    """Each stage and exit head of a model timed where it runs, inside whole passes (every exit computed).
+
+    ``heads`` is keyed by the stage an exit head reads; ``passes`` are the whole passes, each
+    timed as the sum of its parts.
+    """
+
+    stages: list[Timing]
+    heads: dict[int, Timing]
+    passes: Timing
+
+
+def _timing(samples: Sequence[float]) -> Timing:
+    return Timing(statistics.median(samples), p95(list(samples)), len(samples))
+
+
+@torch.inference_mode()
+def in_pass_latency(
+    model: StagedModel, batch: int = 1, reps: int = 30, warmup: int = 5, warmup_s: float = 0.0, min_s: float = 0.0
+) -> PassLatency:
+    """Time every stage and exit head inside whole passes, a clock read between each part and the next.
+
+    A part timed alone over and over keeps its weights and activations in cache; inside a pass
+    the other parts have evicted them since its last call, as on a node that runs the model. Here
+    every zoo model took 6–21 % longer whole than its stages and heads timed alone, summed, at
+    batch 1 (docs/profiling.md). Warm-up and repetitions are as :func:`time_call`'s, counted in passes.
+    """
+    model.eval()
+    x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
+    heads = {k: model.heads[i] for k in range(model.num_stages) if (i := model.exit_at_stage(k)) is not None}
+    stage_ms: list[list[float]] = [[] for _ in range(model.num_stages)]
+    head_ms: dict[int, list[float]] = {k: [] for k in heads}
+
+    def one_pass() -> None:
+        h = x
+        clock = time.perf_counter_ns()
+        for k, stage in enumerate(model.stages):
+            h = stage(h)
+            now = time.perf_counter_ns()
+            stage_ms[k].append((now - clock) / 1e6)
+            clock = now
+            if k in heads:
+                heads[k](h)
+                now = time.perf_counter_ns()
+                head_ms[k].append((now - clock) / 1e6)
+                clock = now
+
+    passes = timed_calls(one_pass, reps, warmup, warmup_s=warmup_s, min_s=min_s)
+    n = len(passes)  # the parts' lists also hold the warm-up passes: keep the timed ones
+    return PassLatency(
+        [_timing(ms[-n:]) for ms in stage_ms],
+        {k: _timing(ms[-n:]) for k, ms in head_ms.items()},
+        _timing(passes),
+    )

@@ -22,7 +22,7 @@ from agents.models.zoo import ZOO
 from agents.profiling import sampling
 from agents.profiling.export import profile_points, write_points
 from agents.profiling.inside import by_type, layer_times
-from agents.profiling.layers import Layer, Recording, record_stages
+from agents.profiling.layers import Layer, record_stages
 from agents.profiling.loading import load_model
 from agents.profiling.memory import SIZES_MIB, measure_memory
 from agents.profiling.node import NodeIdentity, OtherLoad, node_identity, other_load_now
@@ -127,6 +127,12 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _in_pass(entry: dict[str, Any]) -> str:
+    """An entry's ``in_pass_median_ms`` in a 9-wide column (blank in profiles written before it was measured)."""
+    value = entry.get("in_pass_median_ms")
+    return f"{value:9.3f}" if isinstance(value, (int, float)) else " " * 9
+
+
 def format_profile(profile: dict[str, Any]) -> str:
     """A terminal table of a profile."""
     node, model, settings = profile["node"], profile["model"], profile["settings"]
@@ -141,19 +147,28 @@ def format_profile(profile: dict[str, Any]) -> str:
         lines.append(f"  warning: other processes kept {busy:.2f} cores busy: figures may be high and noisy")
     ratios = []
     for b_index, batch in enumerate(settings["batches"]):
-        lines += ["", f"batch {batch}: stage     MACs/img  out bytes/img   median ms    p95 ms   exit median   repeat"]
+        lines += [
+            "",
+            f"batch {batch}: stage     MACs/img  out bytes/img   median ms    p95 ms   in pass"
+            "   exit median   in pass   repeat",
+        ]
         for stage in profile["stages"]:
             lat = stage["latency"][b_index]
             head = stage["exit"]
-            exit_text = f"{head['latency'][b_index]['median_ms']:10.3f}" if head else " " * 10
+            head_lat = head["latency"][b_index] if head else {}
+            exit_text = f"{head_lat['median_ms']:10.3f} {_in_pass(head_lat)}" if head else " " * 20
             ratio = lat["repeat_median_ms"] / lat["median_ms"] if lat["median_ms"] > 0 else math.nan
             ratios.append(ratio)
             lines.append(
                 f"         {stage['stage']:>5} {stage['macs'] / 1e6:11.2f}M {stage['output_bytes']:>13} "
-                f"{lat['median_ms']:11.3f} {lat['p95_ms']:9.3f}    {exit_text}   {ratio:5.2f}x"
+                f"{lat['median_ms']:11.3f} {lat['p95_ms']:9.3f} {_in_pass(lat)}    {exit_text}   {ratio:5.2f}x"
             )
         whole = profile["whole_model"][b_index]
-        lines.append(f"         whole model (every exit)          {whole['median_ms']:11.3f} {whole['p95_ms']:9.3f}")
+        lines.append(
+            f"         whole model (every exit)          {whole['median_ms']:11.3f} {whole['p95_ms']:9.3f}"
+            f" {_in_pass(whole)}"
+        )
+    lines.append("\nin pass: each part timed inside whole passes, where it runs; the median alone keeps more in cache")
     worst = max((abs(r - 1) for r in ratios if math.isfinite(r)), default=0.0)
     verdict = "within" if worst <= REPEAT_TARGET else "OUTSIDE"
     lines.append(
@@ -395,32 +410,48 @@ def _predict(args: argparse.Namespace) -> int:
 
 @dataclass
 class Measured:
-    """Median milliseconds of each stage, each exit head (by stage) and the whole model at one batch size."""
+    """Median milliseconds of each stage, each exit head (by stage) and the whole model at one batch size.
+
+    ``in_pass_stages`` and ``in_pass_heads``: the same parts timed inside whole passes (None when not
+    measured, as in profiles written before 2026-11-30).
+    """
 
     stages: list[float]
     heads: dict[int, float]
     whole: float
+    in_pass_stages: list[float] | None = None
+    in_pass_heads: dict[int, float] | None = None
 
 
 def measure_now(model: StagedModel, batch: int, effort: Effort | None = None) -> Measured:
-    """Measure stages, heads and the whole model on this node now."""
+    """Measure stages, heads and the whole model on this node now, and the parts again inside whole passes."""
     effort = effort or Effort()
+    in_pass = effort.in_pass(model, batch)
     return Measured(
         [s.median_ms for s in effort.stages(model, batch)],
         {k: s.median_ms for k, s in effort.exits(model, batch).items()},
         effort.whole(model, batch).median_ms,
+        [t.median_ms for t in in_pass.stages],
+        {k: t.median_ms for k, t in in_pass.heads.items()},
     )
 
 
 def measured_from_profile(profile: dict[str, Any], batch: int) -> Measured:
-    """The medians a profile file holds for ``batch``."""
+    """The medians a profile file holds for ``batch`` (the in-pass ones when every part has one)."""
 
-    def at(entries: list[dict[str, Any]]) -> float:
-        return next(float(e["median_ms"]) for e in entries if int(e["batch"]) == batch)
+    def entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
+        return next(e for e in entries if int(e["batch"]) == batch)
 
-    stages = [at(s["latency"]) for s in profile["stages"]]
-    heads = {int(s["stage"]): at(s["exit"]["latency"]) for s in profile["stages"] if s.get("exit")}
-    return Measured(stages, heads, at(profile["whole_model"]))
+    stage_entries = [entry(s["latency"]) for s in profile["stages"]]
+    head_entries = {int(s["stage"]): entry(s["exit"]["latency"]) for s in profile["stages"] if s.get("exit")}
+    complete = all("in_pass_median_ms" in e for e in [*stage_entries, *head_entries.values()])
+    return Measured(
+        [float(e["median_ms"]) for e in stage_entries],
+        {k: float(e["median_ms"]) for k, e in head_entries.items()},
+        float(entry(profile["whole_model"])["median_ms"]),
+        [float(e["in_pass_median_ms"]) for e in stage_entries] if complete else None,
+        {k: float(e["in_pass_median_ms"]) for k, e in head_entries.items()} if complete else None,
+    )
 
 
 #: The row of ``--predict`` that sums the stages and exit heads, each timed alone. The whole model can take
@@ -436,29 +467,39 @@ def predict_stages(predictor: Predictor, model: StagedModel, batch: int, measure
         raise UserError(f"the measurements describe other stages or exits than {model.name!r} has")
     rows: list[dict[str, Any]] = []
 
-    def add(part: str, rec: Recording, measured_ms: float) -> None:
-        predicted = predictor.predict(rec).total_ms
-        error = predicted / measured_ms - 1 if measured_ms > 0 else math.nan
-        rows.append({"part": part, "predicted_ms": predicted, "measured_ms": measured_ms, "error": error})
-
-    for k, rec in enumerate(stages):
-        add(f"stage {k}", rec, measured.stages[k])
-        if k in heads:
-            add(f"exit after {k}", heads[k], measured.heads[k])
-    parts = list(rows)
-    predicted_sum = math.fsum(r["predicted_ms"] for r in parts)
-    measured_sum = math.fsum(r["measured_ms"] for r in parts)
-    rows.append(
-        {
-            "part": PARTS_SUMMED,
-            "predicted_ms": predicted_sum,
-            "measured_ms": measured_sum,
-            "error": predicted_sum / measured_sum - 1 if measured_sum > 0 else math.nan,
+    def add(part: str, predicted: float, measured_ms: float, in_pass_ms: float | None = None) -> None:
+        row = {
+            "part": part,
+            "predicted_ms": predicted,
+            "measured_ms": measured_ms,
+            "error": _error(predicted, measured_ms),
         }
+        if in_pass_ms is not None:
+            row |= {"in_pass_ms": in_pass_ms, "in_pass_error": _error(predicted, in_pass_ms)}
+        rows.append(row)
+
+    in_stages, in_heads = measured.in_pass_stages, measured.in_pass_heads
+    for k, rec in enumerate(stages):
+        add(f"stage {k}", predictor.predict(rec).total_ms, measured.stages[k], in_stages[k] if in_stages else None)
+        if k in heads:
+            in_head = in_heads.get(k) if in_heads else None
+            add(f"exit after {k}", predictor.predict(heads[k]).total_ms, measured.heads[k], in_head)
+    parts = list(rows)
+    in_pass_sum = math.fsum(r["in_pass_ms"] for r in parts) if all("in_pass_ms" in r for r in parts) else None
+    add(
+        PARTS_SUMMED,
+        math.fsum(r["predicted_ms"] for r in parts),
+        math.fsum(r["measured_ms"] for r in parts),
+        in_pass_sum,
     )
-    add("whole model", whole, measured.whole)
+    add("whole model", predictor.predict(whole).total_ms, measured.whole)
     prediction = predictor.predict(whole)
     return {"batch": batch, "rows": rows, "unpriced": prediction.unknown}
+
+
+def _error(predicted: float, measured: float) -> float:
+    """Predicted over measured, less one (NaN when nothing was measured)."""
+    return predicted / measured - 1 if measured > 0 else math.nan
 
 
 #: Timed passes of the model for the per-type table of ``--predict`` (each layer's median over them).
@@ -494,11 +535,21 @@ def format_predict(name: str, results: list[dict[str, Any]], notes: list[str], s
     for note in notes:
         lines.append(f"  note: the fit's node and the measured one differ: {note}")
     for result in results:
-        lines += ["", f"batch {result['batch']}: {'part':<14} {'predicted':>10} {'measured':>10} {'error':>8}"]
+        in_pass = any("in_pass_ms" in row for row in result["rows"])
+        head = f"batch {result['batch']}: {'part':<14} {'predicted':>10} {'alone':>10} {'error':>8}"
+        lines += ["", head + (f" {'in pass':>10} {'error':>8}" if in_pass else "")]
         for row in result["rows"]:
-            lines.append(
+            line = (
                 f"         {row['part']:<14} {row['predicted_ms']:8.3f}ms {row['measured_ms']:8.3f}ms"
                 f" {100 * row['error']:+7.1f}%"
+            )
+            if "in_pass_ms" in row:
+                line += f" {row['in_pass_ms']:8.3f}ms {100 * row['in_pass_error']:+7.1f}%"
+            lines.append(line)
+        if in_pass:
+            lines.append(
+                "         (alone: each part timed by itself over and over, the whole model as a whole;"
+                " in pass: each part timed inside whole passes)"
             )
         if result["unpriced"]:
             lines.append(f"  not priced (no fitted type): {result['unpriced']}")

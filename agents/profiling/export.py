@@ -47,16 +47,24 @@ def profile_points(profile: dict[str, Any], node_name: str) -> list[str]:
                 "macs": int(stage["macs"]),
                 "output_bytes": int(stage["output_bytes"]),
             }
+            if "in_pass_median_ms" in entry:
+                fields["in_pass_median_ms"] = float(entry["in_pass_median_ms"])
             if batch in head_by_batch:
+                head_entry = head_by_batch[batch]
                 fields |= {
                     "exit_index": int(head["index"]),
-                    "exit_median_ms": float(head_by_batch[batch]["median_ms"]),
-                    "exit_p95_ms": float(head_by_batch[batch]["p95_ms"]),
+                    "exit_median_ms": float(head_entry["median_ms"]),
+                    "exit_p95_ms": float(head_entry["p95_ms"]),
                     "exit_macs": int(head["macs"]),
                 }
+                if "in_pass_median_ms" in head_entry:
+                    fields["exit_in_pass_median_ms"] = float(head_entry["in_pass_median_ms"])
             add(str(stage["stage"]), batch, fields)
     for entry in profile["whole_model"]:
-        add("all", int(entry["batch"]), {"median_ms": float(entry["median_ms"]), "p95_ms": float(entry["p95_ms"])})
+        fields = {"median_ms": float(entry["median_ms"]), "p95_ms": float(entry["p95_ms"])}
+        if "in_pass_median_ms" in entry:
+            fields["in_pass_median_ms"] = float(entry["in_pass_median_ms"])
+        add("all", int(entry["batch"]), fields)
     return lines
 
 

@@ -19,10 +19,12 @@ from typing import Any
 
 from agents.errors import UserError
 from agents.evaluation.latency import (
+    PassLatency,
     RoundTimer,
     StageLatency,
     Timing,
     exit_latency,
+    in_pass_latency,
     stage_latency,
     whole_model_call,
     whole_model_timing,
@@ -78,6 +80,10 @@ class Effort:
         """The whole model, every exit computed."""
         return whole_model_timing(model, batch, self.reps, self.warmup, warmup_s=self.warmup_s, min_s=self.measure_s)
 
+    def in_pass(self, model: StagedModel, batch: int) -> PassLatency:
+        """Every stage and exit head timed inside whole passes, where it runs (as much timing as :meth:`whole`)."""
+        return in_pass_latency(model, batch, self.reps, self.warmup, warmup_s=self.warmup_s, min_s=self.measure_s)
+
     def whole_rounds(self, runs: Sequence[tuple[StagedModel, int]]) -> RoundTimer:
         """Whole models (model, batch), every exit computed, timed a round at a time when the caller says.
 
@@ -97,7 +103,7 @@ def _ms(value: float) -> float:
 
 def profile_steps(model: StagedModel, batches: Sequence[int]) -> int:
     """How many timed items :func:`profile_model` measures (for a progress bar)."""
-    return len(batches) * (2 * model.num_stages + model.num_exits + 1)
+    return len(batches) * (2 * model.num_stages + model.num_exits + 2)
 
 
 def profile_model(
@@ -147,6 +153,14 @@ def profile_model(
             entry["repeat_median_ms"] = _ms(s.median_ms)
         t = effort.whole(model, batch)
         whole.append({"batch": batch, "median_ms": _ms(t.median_ms), "p95_ms": _ms(t.p95_ms)})
+        tick()
+        # Each part again, inside whole passes: what it costs where it runs, for plans that add stages up.
+        in_pass = effort.in_pass(model, batch)
+        for k, timing in enumerate(in_pass.stages):
+            stages[k]["latency"][-1]["in_pass_median_ms"] = _ms(timing.median_ms)
+        for k, timing in in_pass.heads.items():
+            stages[k]["exit"]["latency"][-1]["in_pass_median_ms"] = _ms(timing.median_ms)
+        whole[-1]["in_pass_median_ms"] = _ms(in_pass.passes.median_ms)
         tick()
     return {
         "schema": PROFILE_SCHEMA,
