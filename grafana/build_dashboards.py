@@ -106,8 +106,9 @@ def timeseries(
     maximum: float | None = None,
     axis_label: str = "",
     calcs: Sequence[str] = ("mean", "max"),
+    points: bool = False,
 ) -> JSON:
-    """A time-series panel: lines, or stacked areas."""
+    """A time-series panel: lines, or stacked areas; with ``points``, every point drawn (sparse series)."""
     defaults: JSON = {"unit": unit}
     if minimum is not None:
         defaults["min"] = minimum
@@ -117,7 +118,7 @@ def timeseries(
         "drawStyle": "line",
         "lineWidth": 1,
         "fillOpacity": 60 if stacked else 10,
-        "showPoints": "never",
+        "showPoints": "always" if points else "never",
         "spanNulls": True,
         "axisLabel": axis_label,
         "stacking": {"mode": "normal" if stacked else "none", "group": "A"},
@@ -256,9 +257,17 @@ def layout(rows: Sequence[Sequence[JSON]]) -> list[JSON]:
 
 
 def dashboard(
-    uid: str, title: str, description: str, variables: Sequence[JSON], rows: Sequence[Sequence[JSON]]
+    uid: str,
+    title: str,
+    description: str,
+    variables: Sequence[JSON],
+    rows: Sequence[Sequence[JSON]],
+    *,
+    since: str = "now-1h",
+    refresh: str = "10s",
+    annotations: Sequence[JSON] = (AGENT_STARTS,),
 ) -> JSON:
-    """A whole dashboard: the cascade tag, links to its siblings, the last hour, 10-second refresh."""
+    """A whole dashboard: the cascade tag, links to its siblings, the last hour (``since``), 10-second refresh."""
     return {
         "id": None,
         "uid": uid,
@@ -269,15 +278,15 @@ def dashboard(
         "graphTooltip": 1,
         "schemaVersion": 39,
         "version": 1,
-        "refresh": "10s",
-        "time": {"from": "now-1h", "to": "now"},
+        "refresh": refresh,
+        "time": {"from": since, "to": "now"},
         "timepicker": {},
         "timezone": "",
         "links": [
             {"title": "cascade", "type": "dashboards", "tags": [TAG], "asDropdown": True}
             | {"includeVars": True, "keepTime": True}
         ],
-        "annotations": {"list": [AGENT_STARTS]},
+        "annotations": {"list": list(annotations)},
         "templating": {"list": list(variables)},
         "panels": layout(rows),
     }
@@ -759,6 +768,97 @@ def aoi() -> JSON:
     )
 
 
+# --- node profiles (cascade profile --influx-url; measurement "profile", docs/profiling.md) -------------
+
+NODE = '"node" =~ /^$node$/'
+PROFILE_MODEL = "\"model\" = '$model'"
+PROFILE_BATCH = "\"batch\" = '$batch'"
+
+
+def profile_select(fields: str, *where: str, by: Sequence[str] = (), over_time: bool = False) -> str:
+    """An InfluxQL statement on the profile points of the selected nodes within the time range.
+
+    Profiles carry no deployment: a node is profiled once, whatever it later runs.
+    """
+    conditions = " AND ".join(["$timeFilter", NODE, *where])
+    groups = (["time($__interval)"] if over_time else []) + [f'"{tag}"' for tag in by]
+    group = f" GROUP BY {', '.join(groups)}" if groups else ""
+    return f'SELECT {fields} FROM "profile" WHERE {conditions}{group}{" fill(none)" if over_time else ""}'
+
+
+def profiles() -> JSON:
+    """What ``cascade profile --influx-url`` wrote: each node's latest figures per model, batch and stage."""
+    node_var = variable("node", "Node", 'SHOW TAG VALUES FROM "profile" WITH KEY = "node"', multi=True)
+    model_var = variable(
+        "model", "Model", f'SHOW TAG VALUES FROM "profile" WITH KEY = "model" WHERE {NODE}', multi=False
+    )
+    batch_var = variable(
+        "batch",
+        "Batch",
+        f'SHOW TAG VALUES FROM "profile" WITH KEY = "batch" WHERE {NODE} AND {PROFILE_MODEL}',
+        multi=False,
+    )
+    whole = "\"stage\" = 'all'"
+    stages = "\"stage\" != 'all'"
+    latest = 'last("median_ms") AS "alone ms", last("in_pass_median_ms") AS "in pass ms", last("p95_ms") AS "p95 ms"'
+    return dashboard(
+        "cascade-profiles",
+        "Profiles",
+        "Each node's latest cascade profile (cascade profile --influx-url): the whole model and every stage and"
+        " exit head, timed alone and inside whole passes. Profiles are rare: the range starts 90 days back.",
+        [node_var, model_var, batch_var],
+        [
+            [
+                table(
+                    "Whole models",
+                    "The latest profile of each node, model, batch size and thread count: the whole model, every"
+                    " exit computed; in pass is the same passes timed part by part.",
+                    profile_select(latest, whole, by=["node", "model", "batch", "threads"]),
+                    h=7,
+                )
+            ],
+            [
+                table(
+                    "Stages of $model at batch $batch",
+                    "Per node and stage: alone (timed by itself over and over) and in pass (timed inside whole"
+                    " passes, what it costs where it runs; add these up for a split plan), the exit head reading"
+                    " the stage, MACs and output bytes per image (output bytes: what a split after it sends).",
+                    profile_select(
+                        f'{latest}, last("exit_median_ms") AS "exit alone ms",'
+                        ' last("exit_in_pass_median_ms") AS "exit in pass ms", last("macs") AS "MACs",'
+                        ' last("output_bytes") AS "output bytes"',
+                        PROFILE_MODEL,
+                        PROFILE_BATCH,
+                        stages,
+                        by=["node", "stage"],
+                    ),
+                    h=10,
+                )
+            ],
+            [
+                timeseries(
+                    "$model at batch $batch, whole model, profile by profile",
+                    "Every profile of the model on each node: a step after a torch upgrade, a new OS image or"
+                    " a changed thread count shows here.",
+                    (
+                        profile_select(
+                            'last("median_ms")', PROFILE_MODEL, PROFILE_BATCH, whole, by=["node"], over_time=True
+                        ),
+                        "$tag_node",
+                    ),
+                    w=24,
+                    unit="ms",
+                    points=True,
+                    calcs=("lastNotNull", "min", "max"),
+                )
+            ],
+        ],
+        since="now-90d",
+        refresh="",
+        annotations=(),
+    )
+
+
 DASHBOARDS = {
     "overview.json": overview,
     "latency.json": latency,
@@ -766,6 +866,7 @@ DASHBOARDS = {
     "agents.json": agents,
     "clocks.json": clocks,
     "aoi.json": aoi,
+    "profiles.json": profiles,
 }
 
 

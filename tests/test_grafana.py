@@ -13,13 +13,19 @@ import pytest
 import yaml
 
 from agents.datasets import SAMPLE_TAR
+from agents.profiling.export import profile_points, write_points
+from agents.profiling.loading import load_model
+from agents.profiling.node import node_identity
+from agents.profiling.stages import Effort, profile_model
 from agents.telemetry.influxd import InfluxServer
 from agents.transport.broker import BrokerProcess
 from tests.harness import Watcher, spawn, stop, write_config
 
 GRAFANA = Path(__file__).resolve().parent.parent / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
-EXPECTED = {"overview.json", "latency.json", "devices.json", "agents.json", "clocks.json", "aoi.json"}
+EXPECTED = {"overview.json", "latency.json", "devices.json", "agents.json", "clocks.json", "aoi.json", "profiles.json"}
+#: Dashboards of what ``cascade profile`` writes: node profiles carry no deployment.
+PROFILES = {"profiles.json"}
 BUILTINS = {"timeFilter", "__interval", "__interval_ms"}
 # Grafana's variable syntaxes: $name, ${name}, ${name:format}, [[name]].
 VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)(?::[^}]*)?\}|\[\[(\w+)(?::[^\]]*)?\]\]")
@@ -99,7 +105,7 @@ def test_every_datasource_is_the_provisioned_influxdb(path: Path) -> None:
 def test_every_variable_a_query_uses_is_defined(path: Path) -> None:
     dash = _load(path)
     defined = {v["name"] for v in dash["templating"]["list"]}
-    assert "deployment" in defined
+    assert "deployment" in defined or path.name in PROFILES
     for where, query in _queries(dash):
         assert _used(query) <= defined | BUILTINS, (where, _used(query) - defined - BUILTINS)
 
@@ -144,6 +150,7 @@ def test_the_dashboards_show_what_the_issue_asks_for() -> None:
         "agents.json": ["queue_depth", "/dropped/", "cpu_percent", "rss_mb", "mean_batch"],
         "clocks.json": ["offset_ms", "rtt_ms", '"agent", "peer"'],
         "aoi.json": ["aoi_ms", "\"role\" = 'device'"],
+        "profiles.json": ["in_pass_median_ms", "exit_in_pass_median_ms", "\"stage\" = 'all'", "output_bytes"],
     }
     for name, needles in wanted.items():
         missing = [n for n in needles if n not in queries[name]]
@@ -248,6 +255,10 @@ def test_every_panel_query_answers_after_a_real_pipeline_run(
 ) -> None:
     influx.query(f'CREATE DATABASE "{DB}"')
     _run_pipeline(tmp_path, broker, watcher, influx)
+    # Two nodes' profiles of the shipped device model, as cascade profile --influx-url writes them.
+    profile = profile_model(load_model("device-small"), node_identity(), [1], Effort(3, 1, 0.0, 0.0), "test")
+    for node in ("pi-a", "pi-b"):
+        assert write_points(influx.url, DB, profile_points(profile, node)) == 5
     failures: list[str] = []
     ran = 0
     for path in DASHBOARDS:
