@@ -54,13 +54,15 @@ def select(
     fill: str = "none",
     over_time: bool = True,
     tail: str = "",
+    scope: str = DEPLOYMENT,
 ) -> str:
     """An InfluxQL statement on ``measurement`` of the selected deployment within the dashboard's time range.
 
     ``over_time`` groups by ``time($__interval)`` (time series); without it the statement
     aggregates the whole range (stat and table panels). ``by`` are tags to group by too.
+    ``scope`` is the condition that picks what the dashboard shows (the deployment, unless said).
     """
-    conditions = " AND ".join(["$timeFilter", DEPLOYMENT, *where])
+    conditions = " AND ".join(["$timeFilter", scope, *where])
     groups = (["time($__interval)"] if over_time else []) + [f'"{tag}"' for tag in by]
     group = f" GROUP BY {', '.join(groups)}" if groups else ""
     filled = f" fill({fill})" if over_time else ""
@@ -776,14 +778,8 @@ PROFILE_BATCH = "\"batch\" = '$batch'"
 
 
 def profile_select(fields: str, *where: str, by: Sequence[str] = (), over_time: bool = False) -> str:
-    """An InfluxQL statement on the profile points of the selected nodes within the time range.
-
-    Profiles carry no deployment: a node is profiled once, whatever it later runs.
-    """
-    conditions = " AND ".join(["$timeFilter", NODE, *where])
-    groups = (["time($__interval)"] if over_time else []) + [f'"{tag}"' for tag in by]
-    group = f" GROUP BY {', '.join(groups)}" if groups else ""
-    return f'SELECT {fields} FROM "profile" WHERE {conditions}{group}{" fill(none)" if over_time else ""}'
+    """An InfluxQL statement on the profile points of the selected nodes (profiles carry no deployment)."""
+    return select(fields, "profile", *where, by=by, over_time=over_time, scope=NODE)
 
 
 def profiles() -> JSON:
