@@ -100,8 +100,12 @@ def time_call(
     ``between``, when given, runs untimed before each timed call (to evict caches, say, so a layer
     is timed as cold as it runs inside a model rather than hot from its own previous call).
     """
-    samples = timed_calls(fn, reps, warmup, between, warmup_s, min_s)
-    return Timing(statistics.median(samples), p95(samples), len(samples))
+    return timing_of(timed_calls(fn, reps, warmup, between, warmup_s, min_s))
+
+
+def timing_of(samples: Sequence[float]) -> Timing:
+    """The median and p95 of timed calls' milliseconds, and how many there were."""
+    return Timing(statistics.median(samples), p95(list(samples)), len(samples))
 
 
 def timed_calls(
@@ -326,10 +330,6 @@ class PassLatency:
     passes: Timing
 
 
-def _timing(samples: Sequence[float]) -> Timing:
-    return Timing(statistics.median(samples), p95(list(samples)), len(samples))
-
-
 @torch.inference_mode()
 def in_pass_latency(
     model: StagedModel, batch: int = 1, reps: int = 30, warmup: int = 5, warmup_s: float = 0.0, min_s: float = 0.0
@@ -364,7 +364,7 @@ def in_pass_latency(
     passes = timed_calls(one_pass, reps, warmup, warmup_s=warmup_s, min_s=min_s)
     n = len(passes)  # the parts' lists also hold the warm-up passes: keep the timed ones
     return PassLatency(
-        [_timing(ms[-n:]) for ms in stage_ms],
-        {k: _timing(ms[-n:]) for k, ms in head_ms.items()},
-        _timing(passes),
+        [timing_of(ms[-n:]) for ms in stage_ms],
+        {k: timing_of(ms[-n:]) for k, ms in head_ms.items()},
+        timing_of(passes),
     )

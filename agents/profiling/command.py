@@ -492,8 +492,8 @@ def predict_stages(predictor: Predictor, model: StagedModel, batch: int, measure
         math.fsum(r["measured_ms"] for r in parts),
         in_pass_sum,
     )
-    add("whole model", predictor.predict(whole).total_ms, measured.whole)
     prediction = predictor.predict(whole)
+    add("whole model", prediction.total_ms, measured.whole)
     return {"batch": batch, "rows": rows, "unpriced": prediction.unknown}
 
 
