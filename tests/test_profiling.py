@@ -68,6 +68,7 @@ from agents.profiling.sampling import (
     plan,
 )
 from agents.profiling.stages import PROFILE_SCHEMA, Effort, load_profile, profile_model, save_profile
+from agents.profiling.steadiness import SLOW_FACTOR, SpeedMeter, core_speed, unsteady
 from agents.telemetry.influx import InfluxTarget, influx_query
 from agents.telemetry.influxd import InfluxServer
 from tests.test_cli_errors import assert_one_line_error, cascade
@@ -101,6 +102,12 @@ def test_profile_schema(profile: dict[str, Any], tmp_path: Path) -> None:
     # Every part timed again inside whole passes, where it runs.
     entries = [e for s in profile["stages"] for e in s["latency"] + (s["exit"]["latency"] if s["exit"] else [])]
     assert all(e["in_pass_median_ms"] > 0 for e in entries + profile["whole_model"])
+    # How steadily the host ran each core while it was profiled.
+    speeds = profile["settings"]["host_speed"]
+    assert [c["core"] for c in speeds] == sorted(os.sched_getaffinity(0))
+    assert all(
+        c["spells"] > 100 and 0 < c["fastest_us"] <= c["median_us"] and 0 <= c["slow_share"] <= 1 for c in speeds
+    )
     path = tmp_path / "p.json"
     save_profile(profile, path)
     assert load_profile(path)["stages"] == profile["stages"]
@@ -154,6 +161,46 @@ def test_profiles_without_in_pass_figures_still_read(profile: dict[str, Any]) ->
     assert measured.in_pass_stages is None and measured.in_pass_heads is None
     assert measured.stages == [s["latency"][1]["median_ms"] for s in profile["stages"]]
     assert len(format_profile(old).splitlines()) == len(format_profile(profile).splitlines())
+
+
+def test_a_host_that_slows_now_and_then_is_told_apart() -> None:
+    steady = [100e-6 * (1 + 0.01 * (i % 7)) for i in range(400)]
+    mixed = steady[:200] + [1.9 * s for s in steady[200:]]  # half the spells at about half speed
+    calm, slowed = core_speed(steady, 0), core_speed(mixed, 1)
+    assert calm.slow_share == 0 and calm.slowdown == pytest.approx(1.03, abs=0.01)
+    assert slowed.slow_share == pytest.approx(0.5) and slowed.fastest_us == pytest.approx(calm.fastest_us)
+    assert unsteady([calm]) is None
+    warning = unsteady([calm, slowed.to_json()])  # as a profile file holds it
+    assert warning is not None and "core 1, 50 % of 400 spells" in warning and "when it is steady" in warning
+    # One core slowed through every spell is slowed against the fastest core, not steady against itself.
+    assert core_speed([2 * s for s in steady], 1, min(steady)).slow_share == 1.0
+    with pytest.raises(ValueError):
+        core_speed([])
+
+
+def test_the_speed_meter_times_every_usable_core() -> None:
+    meter = SpeedMeter()
+    meter.probe(0.02)
+    meter.probe(0.02)
+    before = os.sched_getaffinity(0)
+    cores = meter.cores()
+    assert [c.core for c in cores] == sorted(before) and os.sched_getaffinity(0) == before  # affinity restored
+    fastest = {c.fastest_us for c in cores}
+    assert len(fastest) == 1 and all(c.median_us >= c.fastest_us and c.spells >= 2 * 20 for c in cores)
+
+
+def test_a_profile_from_an_unsteady_host_says_so(profile: dict[str, Any]) -> None:
+    flagged = json.loads(json.dumps(profile))
+    flagged["settings"]["host_speed"] = [
+        {"core": 0, "spells": 900, "fastest_us": 85.0, "median_us": 160.0, "slow_share": 0.8},
+        {"core": 1, "spells": 900, "fastest_us": 85.0, "median_us": 86.0, "slow_share": 0.02},
+    ]
+    text = format_profile(flagged)
+    assert f"core 0, 80 % of 900 spells of the same Python loop ran over {SLOW_FACTOR:.2f}x slower" in text
+    flagged["settings"]["host_speed"][0]["slow_share"] = 0.05
+    assert "not steady" not in format_profile(flagged)
+    del flagged["settings"]["host_speed"]  # a profile written before the meter: read as it is
+    assert "not steady" not in format_profile(flagged)
 
 
 def test_untrained_zoo_model_and_unknown_names() -> None:
@@ -416,6 +463,7 @@ def test_the_fit_says_how_far_its_passes_disagree() -> None:
     assert "differed by 4.0 %" in quiet and "warning" not in quiet
     assert "not quiet" in noisy and "fit again" in noisy
     assert "two quietest of 4 passes" in format_fit(predictor, [], node, 0.0, 0.04, 4)
+    assert "warning: the host is not steady" in format_fit(predictor, [], node, 0.0, 0.04, 2, "the host is not steady")
 
 
 def test_a_noisy_fit_times_more_passes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -650,6 +698,7 @@ def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
     assert data["schema"] == FIT_SCHEMA and set(data["types"]) == set(TYPES)
     assert data["validation"][0]["model"] == "device-small" and data["node"]["torch_threads"] == 1
     assert data["settings"]["check_rounds"] >= 6  # three rounds of the check in each of two passes or more
+    assert len(data["settings"]["host_speed"]) == len(os.sched_getaffinity(0))
     # 4 shapes a type (12 for conv): scored by five folds only with two shapes a fold, and said so.
     assert data["types"]["conv"]["folds"] == 5 and data["types"]["norm"]["folds"] == 0
     assert "too few shapes to score (10 needed)" in proc.stdout
@@ -692,6 +741,7 @@ def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "each call timed inside the model" in proc.stdout and "outside layers" in proc.stdout
     measured_now = json.loads(pred.read_text())["batches"][0]
+    assert len(json.loads(pred.read_text())["host_speed"]) == len(os.sched_getaffinity(0))
     assert all(r["in_pass_ms"] > 0 for r in measured_now["rows"][:-1])
     inside = measured_now["inside"]
     layers = record_stages(load_model("device-small").model, 1)[2].layers

@@ -129,6 +129,9 @@ def test_a_sweep_measures_every_point(swept: tuple[Path, subprocess.CompletedPro
     out = json.loads((tmp / "s.json").read_text())
     assert out["points"] == out["ok"] == 2 and out["failed"] == 0 and out["tier_starts"] == 1
     assert out["link_starts"] == 1  # both points share the link setting: one link process
+    # The host-speed meter ran between the points, on every usable core.
+    assert [c["core"] for c in out["host_speed"]] == sorted(os.sched_getaffinity(0))
+    assert all(c["spells"] > 0 and c["fastest_us"] <= c["median_us"] for c in out["host_speed"])
     low, high = out["results"]
     for r in (low, high):
         assert r["status"] == "ok" and r["reason"] is None

@@ -28,6 +28,7 @@ from agents.profiling.memory import SIZES_MIB, measure_memory
 from agents.profiling.node import NodeIdentity, OtherLoad, node_identity, other_load_now
 from agents.profiling.predictor import FOLDS, Predictor, fit, fold_of, load_fit, save_fit
 from agents.profiling.stages import Effort, load_profile, profile_model, profile_steps, save_profile
+from agents.profiling.steadiness import CoreSpeed, SpeedMeter, unsteady
 
 #: Targets from the issue, printed beside the figures.
 TYPE_MAPE_TARGET = 0.15
@@ -69,6 +70,8 @@ CHECK_TIME = 5 / 3
 #: and both keep their two quietest (six rounds with two passes). Timed after the layers, a check that
 #: fell wholly in a slow spell put every model 5–9 % slower than the quiet layers priced it.
 CHECKS_PER_PASS = 3
+#: Seconds per core of host-speed spells after each check round (fuller probes open and close the fit).
+PROBE_IN_CHECK_S = 0.05
 
 
 def _check_effort(args: argparse.Namespace) -> Effort:
@@ -145,6 +148,9 @@ def format_profile(profile: dict[str, Any]) -> str:
     busy = max((v for v in (settings.get("other_cores_before"), settings.get("other_cores_during")) if v), default=0)
     if busy > BUSY_WARNING:
         lines.append(f"  warning: other processes kept {busy:.2f} cores busy: figures may be high and noisy")
+    host = unsteady(settings.get("host_speed", []))
+    if host:
+        lines.append(f"  warning: {host}")
     ratios = []
     for b_index, batch in enumerate(settings["batches"]):
         lines += [
@@ -201,6 +207,8 @@ def _fit(args: argparse.Namespace) -> int:
     reps = args.reps or 15
     before = other_load_now()
     during = OtherLoad()
+    speed = SpeedMeter()
+    speed.probe()
     jobs = sampling.plan(args.samples, args.seed)
     runs = [(target, batch) for target in targets for batch in batches]
     check = _check_effort(args)
@@ -209,6 +217,7 @@ def _fit(args: argparse.Namespace) -> int:
     def check_round() -> None:
         with torch.inference_mode():
             models.round()
+        speed.probe(PROBE_IN_CHECK_S)
 
     with _bar(len(jobs) * sampling.PASSES, "time layer shapes and models") as bar:
 
@@ -226,6 +235,7 @@ def _fit(args: argparse.Namespace) -> int:
         )
     with _bar(len(SIZES_MIB), "time memory reads") as bar:
         memory = measure_memory(on_size=bar.update)
+    speed.probe()
     passes = len(samples[0].pass_medians_ms) if samples else 0
     measured = [(sample.layer, sample.quiet_ms) for sample in samples]
     spread = sampling.pass_spread(samples)
@@ -254,6 +264,7 @@ def _fit(args: argparse.Namespace) -> int:
             "pass_spread": round(spread, 4),
             "other_cores_before": before,
             "other_cores_during": during.cores(),
+            "host_speed": [core.to_json() for core in speed.cores()],
         },
         "validation": validation,
         "samples": [
@@ -270,7 +281,7 @@ def _fit(args: argparse.Namespace) -> int:
     }
     save_fit(out, predictor, extra)
     busy = max(before or 0.0, extra["settings"]["other_cores_during"] or 0.0)
-    print(format_fit(predictor, validation, node.to_json(), busy, spread, passes))
+    print(format_fit(predictor, validation, node.to_json(), busy, spread, passes, unsteady(speed.cores())))
     print(f"fit written: {out}")
     return 0
 
@@ -310,10 +321,12 @@ def format_fit(
     busy: float,
     spread: float = 0.0,
     passes: int = sampling.PASSES,
+    host: str | None = None,
 ) -> str:
     """The cross-validated error per layer type and the whole-model check, against the issue's targets.
 
-    ``spread`` is :func:`agents.profiling.sampling.pass_spread` of the layers' timings, over ``passes`` passes.
+    ``spread`` is :func:`agents.profiling.sampling.pass_spread` of the layers' timings, over ``passes`` passes;
+    ``host`` the :func:`~agents.profiling.node.unsteady` warning, if any.
     """
     lines = [
         f"latency predictor for {node['hostname']}: {node['cpu_model']}, {node['torch_threads']} torch threads",
@@ -355,6 +368,8 @@ def format_fit(
             " the layers were timed (a virtual machine's host can slow it without any process showing), so the"
             " errors above are partly noise: fit again when it is quiet"
         )
+    if host:
+        lines.append(f"warning: {host}")
     return "\n".join(lines)
 
 
@@ -382,6 +397,9 @@ def _predict(args: argparse.Namespace) -> int:
         batches = parse_batches(args.batch, (1,))
         node = node_identity()
     notes = node.differences(predictor.node) if predictor.node else ["the fit file names no node"]
+    speed = SpeedMeter()
+    if profile is None:
+        speed.probe()
     results = []
     for batch in batches:
         if profile is not None:
@@ -392,7 +410,10 @@ def _predict(args: argparse.Namespace) -> int:
             result = predict_stages(predictor, target.model, batch, measured)
             result["inside"] = types_inside(predictor, target.model, batch, measured.whole)
             results.append(result)
-    print(format_predict(target.name, results, notes, "profile " + args.profile if args.profile else "measured now"))
+            speed.probe()
+    host_speed = speed.cores() if profile is None else profile["settings"].get("host_speed", [])
+    source = "profile " + args.profile if args.profile else "measured now"
+    print(format_predict(target.name, results, notes, source, unsteady(host_speed)))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -401,6 +422,7 @@ def _predict(args: argparse.Namespace) -> int:
             "node": node.to_json(),
             "fit_file": args.fit_file,
             "profile": args.profile,
+            "host_speed": [c.to_json() if isinstance(c, CoreSpeed) else c for c in host_speed],
             "batches": results,
         }
         path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -529,11 +551,15 @@ def types_inside(
     }
 
 
-def format_predict(name: str, results: list[dict[str, Any]], notes: list[str], source: str) -> str:
-    """A terminal table of predicted against measured latency."""
+def format_predict(
+    name: str, results: list[dict[str, Any]], notes: list[str], source: str, host: str | None = None
+) -> str:
+    """A terminal table of predicted against measured latency (``host``: the measurement's unsteady-host warning)."""
     lines = [f"{name}: predicted vs measured (median, {source}) latency"]
     for note in notes:
         lines.append(f"  note: the fit's node and the measured one differ: {note}")
+    if host:
+        lines.append(f"  warning: {host}")
     for result in results:
         in_pass = any("in_pass_ms" in row for row in result["rows"])
         head = f"batch {result['batch']}: {'part':<14} {'predicted':>10} {'alone':>10} {'error':>8}"

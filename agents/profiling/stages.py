@@ -33,8 +33,12 @@ from agents.models.staged import StagedModel
 from agents.models.stats import model_stats
 from agents.profiling.loading import ModelToProfile
 from agents.profiling.node import NodeIdentity, OtherLoad, other_load_now
+from agents.profiling.steadiness import SpeedMeter
 
 PROFILE_SCHEMA = "cascade-profile/1"
+#: Seconds per core of host-speed spells after each batch size (a fuller probe comes first): spread
+#: through the profile, they catch a host that slows only now and then.
+PROBE_BETWEEN_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ def profile_model(
     tick = on_step or (lambda: None)
     before = other_load_now()
     during = OtherLoad()
+    speed = SpeedMeter()
+    speed.probe()
     stages: list[dict[str, Any]] = []
     for k in range(model.num_stages):
         index = model.exit_at_stage(k)
@@ -161,6 +167,7 @@ def profile_model(
         for k, timing in in_pass.heads.items():
             stages[k]["exit"]["latency"][-1]["in_pass_median_ms"] = _ms(timing.median_ms)
         whole[-1]["in_pass_median_ms"] = _ms(in_pass.passes.median_ms)
+        speed.probe(PROBE_BETWEEN_S)
         tick()
     return {
         "schema": PROFILE_SCHEMA,
@@ -189,6 +196,7 @@ def profile_model(
             "memory_format": "channels_last",
             "other_cores_before": before,
             "other_cores_during": during.cores(),
+            "host_speed": [core.to_json() for core in speed.cores()],
         },
         "stages": stages,
         "whole_model": whole,

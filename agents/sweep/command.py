@@ -24,12 +24,17 @@ from tqdm import tqdm
 from agents.config import load_config
 from agents.demo import DEMO_CONFIG
 from agents.errors import UserError
+from agents.profiling.steadiness import SpeedMeter, unsteady
 from agents.report.rundir import read_jsonl
 from agents.sweep.grid import Point, grid_context, grid_points, load_grid
 from agents.sweep.plots import draw_plots
 from agents.sweep.runner import SweepSession, SweepSettings
 
 log = logging.getLogger(__name__)
+
+
+#: Seconds per core of the host-speed meter before the first point and after each one.
+PROBE_S = 0.1
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -164,6 +169,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         point_timeout_s=args.point_timeout,
     )
     session = SweepSession(settings)
+    # Between points only, never during one: how steadily the host ran this machine's cores.
+    speed = SpeedMeter()
+    speed.probe(PROBE_S)
     bar = tqdm(total=len(points), initial=len(points) - len(todo), unit="point", desc="sweep", disable=None)
     try:
         for i in todo:
@@ -172,6 +180,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             done[keys[i]] = result
             with jsonl.open("a") as f:
                 f.write(json.dumps(result) + "\n")
+            speed.probe(PROBE_S)
             bar.update(1)
             if result["status"] != "ok":
                 tqdm.write(f"point {result['point']} ({point.label()}) failed: {result['reason']}")
@@ -199,10 +208,14 @@ def run_sweep(args: argparse.Namespace) -> int:
         "jsonl": str(jsonl),
         "csv": str(csv_path),
         "plots": plots,
+        "host_speed": [core.to_json() for core in speed.cores()],
         "results": results,
     }
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(format_table(results))
+    host = unsteady(speed.cores())
+    if host:
+        print(f"warning: {host}")
     for name, where in plots.items():
         if where.startswith("skipped"):
             print(f"plot {name} {where}")
