@@ -70,8 +70,8 @@ CHECK_TIME = 5 / 3
 #: and both keep their two quietest (six rounds with two passes). Timed after the layers, a check that
 #: fell wholly in a slow spell put every model 5–9 % slower than the quiet layers priced it.
 CHECKS_PER_PASS = 3
-#: Seconds per core of host-speed spells after each check round (fuller probes open and close the fit).
-PROBE_IN_CHECK_S = 0.05
+#: Seconds of host-speed spells (all cores) after each check round; fuller probes open and close the fit.
+PROBE_IN_CHECK_S = 0.1
 
 
 def _check_effort(args: argparse.Namespace) -> Effort:

@@ -36,9 +36,9 @@ from agents.profiling.node import NodeIdentity, OtherLoad, other_load_now
 from agents.profiling.steadiness import SpeedMeter
 
 PROFILE_SCHEMA = "cascade-profile/1"
-#: Seconds per core of host-speed spells after each batch size (a fuller probe comes first): spread
+#: Seconds of host-speed spells (all cores) after each batch size; a fuller probe comes first. Spread
 #: through the profile, they catch a host that slows only now and then.
-PROBE_BETWEEN_S = 0.1
+PROBE_BETWEEN_S = 0.2
 
 
 @dataclass(frozen=True)

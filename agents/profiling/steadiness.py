@@ -17,6 +17,8 @@ from typing import Any
 SPELL_ITERS = 3000
 #: A spell this much slower than the core's fastest counts as slowed by something outside this machine.
 SLOW_FACTOR = 1.25
+#: The least seconds of spells a probe gives each core.
+MIN_PER_CORE_S = 0.02
 #: Share of slowed spells above which a measurement is flagged as taken on an unsteady host.
 UNSTEADY_SHARE = 0.1
 
@@ -84,27 +86,35 @@ class SpeedMeter:
     and every latency measured then mixed the two speeds. :meth:`probe` times the same short
     Python loop in back-to-back spells on each core this process may use; probes at several
     moments of a measurement pool their spells, since a whole probe can fall in a slow spell.
-    Where the affinity cannot be set (not Linux), only the current core is timed (``core`` None).
+    Where the affinity cannot be read or set (not Linux, a sandbox), spells run wherever the
+    scheduler puts them (``core`` None).
     """
 
     def __init__(self) -> None:
         self._spells: dict[int | None, list[float]] = {}
 
-    def probe(self, seconds_per_core: float = 0.25, iters: int = SPELL_ITERS) -> None:
-        """Time spells for ``seconds_per_core`` on each usable core in turn."""
+    def probe(self, seconds: float = 0.5, iters: int = SPELL_ITERS) -> None:
+        """Time spells for ``seconds`` in all, shared by the usable cores in turn (at least 20 ms each).
+
+        A budget in all rather than per core, so that a 64-core server is not held for half a minute.
+        """
         try:
             original: set[int] | None = os.sched_getaffinity(0)
         except (AttributeError, OSError):
             original = None
         cores: list[int | None] = list(sorted(original)) if original else [None]
+        each = max(MIN_PER_CORE_S, seconds / len(cores))
         try:
             for core in cores:
                 if core is not None:
-                    os.sched_setaffinity(0, {core})
+                    try:
+                        os.sched_setaffinity(0, {core})
+                    except OSError:  # a sandbox that refuses: time wherever the scheduler runs it
+                        core = None
                 for _ in range(20):  # warm the loop's bytecode and the core's caches
                     _spell(iters)
                 spells = self._spells.setdefault(core, [])
-                end = time.perf_counter() + seconds_per_core
+                end = time.perf_counter() + each
                 while time.perf_counter() < end:
                     spells.append(_spell(iters))
         finally:

@@ -33,8 +33,8 @@ from agents.sweep.runner import SweepSession, SweepSettings
 log = logging.getLogger(__name__)
 
 
-#: Seconds per core of the host-speed meter before the first point and after each one.
-PROBE_S = 0.1
+#: Seconds of the host-speed meter (all cores) before the first point and after each one.
+PROBE_S = 0.2
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
