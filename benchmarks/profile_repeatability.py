@@ -7,7 +7,9 @@ stages, the median of the round medians kept; channels-last input, batch 1), eac
 stages are timed once, then all of them again; printed is the ratio of the two medians per
 stage, with one torch thread and with all cores. The target from the issue: the two medians
 within 10 % of each other on a quiet machine. How many cores other processes kept busy is
-printed too: other work on the machine moves the figures more than anything in the measurement.
+printed too, and the host-speed meter's verdict between the models: other work on the machine, or
+on the host's other guests, moves the figures more than anything in the measurement. On a host
+that is not steady the verdict is printed, and a FAIL then says that the machine was not quiet.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from agents.models.checkpoint import load_checkpoint
 from agents.profiling.node import OtherLoad
 from agents.profiling.stages import Effort
+from agents.profiling.steadiness import SpeedMeter, unsteady
 
 TARGET = 0.10
 MODELS = ("device-small", "edge-medium", "cloud-large")
@@ -24,6 +27,8 @@ MODELS = ("device-small", "edge-medium", "cloud-large")
 
 def main() -> None:
     others = OtherLoad()
+    speed = SpeedMeter()
+    speed.probe()
     effort = Effort()
     default_threads = torch.get_num_threads()
     models = {name: load_checkpoint(name)[0] for name in MODELS}
@@ -43,8 +48,11 @@ def main() -> None:
                 f"{a.median_ms:.3f}/{b.median_ms:.3f} {r:4.2f}x" for a, b, r in zip(first, second, ratios, strict=True)
             )
             print(f"  {threads} thread{'s' if threads > 1 else ' '} {name:<13} {cells}")
+            speed.probe(0.2)
     torch.set_num_threads(default_threads)
     print(f"  other processes kept {others.cores()} cores busy on average during the run")
+    host = unsteady(speed.cores())
+    print(f"  warning: {host}" if host else "  the host ran the cores at a steady speed (host-speed meter)")
     worst = max(deviations)
     within = sum(d <= TARGET for d in deviations)
     typical = sorted(deviations)[len(deviations) // 2]
