@@ -170,7 +170,7 @@ def test_a_host_that_slows_now_and_then_is_told_apart() -> None:
     assert calm.slow_share == 0 and calm.slowdown == pytest.approx(1.03, abs=0.01)
     assert slowed.slow_share == pytest.approx(0.5) and slowed.fastest_us == pytest.approx(calm.fastest_us)
     assert unsteady([calm]) is None
-    warning = unsteady([calm, slowed.to_json()])  # as a profile file holds it
+    warning = unsteady([calm, slowed.to_json() | {"later_field": 1}])  # as a profile file holds it
     assert warning is not None and "core 1, 50 % of 400 spells" in warning and "when it is steady" in warning
     # One core slowed through every spell is slowed against the fastest core, not steady against itself.
     assert core_speed([2 * s for s in steady], 1, min(steady)).slow_share == 1.0

@@ -140,7 +140,11 @@ def unsteady(speeds: Sequence[CoreSpeed | dict[str, Any]]) -> str | None:
 
     Takes :class:`CoreSpeed` or their JSON, as a profile or fit file holds them.
     """
-    cores = [s if isinstance(s, CoreSpeed) else CoreSpeed(**s) for s in speeds]
+    # From a file, only the fields this version knows: readers ignore the rest.
+    cores = [
+        s if isinstance(s, CoreSpeed) else CoreSpeed(**{k: s[k] for k in CoreSpeed.__dataclass_fields__})
+        for s in speeds
+    ]
     worst = max(cores, key=lambda s: s.slow_share, default=None)
     if worst is None or worst.slow_share <= UNSTEADY_SHARE:
         return None
