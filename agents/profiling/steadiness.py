@@ -151,8 +151,8 @@ def unsteady(speeds: Sequence[CoreSpeed | dict[str, Any]]) -> str | None:
     where = f"core {worst.core}" if worst.core is not None else "this core"
     return (
         f"the host is not steady: on {where}, {100 * worst.slow_share:.0f} % of {worst.spells} spells of the same"
-        f" Python loop ran over {SLOW_FACTOR:.2f}x slower than the fastest (median {worst.slowdown:.2f}x). Something"
-        " outside this machine slows it (another virtual machine on the same cores, or the host's clock; or the"
-        " cores differ, as on a big.LITTLE board), and latencies measured now mix the speeds: measure again when"
-        " it is steady, or on a dedicated node"
+        f" Python loop ran over {SLOW_FACTOR:.2f}x slower than the fastest (median {worst.slowdown:.2f}x). Unless"
+        " other processes here kept the cores busy, something outside this machine slows it (another virtual"
+        " machine on the same cores, or the host's clock; or the cores differ, as on a big.LITTLE board), and"
+        " latencies measured now mix the speeds: measure again when it is steady, or on a dedicated node"
     )
