@@ -326,7 +326,7 @@ def format_fit(
     """The cross-validated error per layer type and the whole-model check, against the issue's targets.
 
     ``spread`` is :func:`agents.profiling.sampling.pass_spread` of the layers' timings, over ``passes`` passes;
-    ``host`` the :func:`~agents.profiling.node.unsteady` warning, if any.
+    ``host`` the :func:`~agents.profiling.steadiness.unsteady` warning, if any.
     """
     lines = [
         f"latency predictor for {node['hostname']}: {node['cpu_model']}, {node['torch_threads']} torch threads",

@@ -1,6 +1,6 @@
 """Whether the host ran this machine's cores at a steady speed: what no process in a virtual machine shows.
 
-Used by ``cascade profile`` (profiles, fits, predictions) and ``cascade sweep``; imports no torch.
+Used by ``cascade profile`` (profiles, fits, predictions), ``cascade sweep`` and the benchmarks; imports no torch.
 """
 
 from __future__ import annotations
