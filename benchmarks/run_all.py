@@ -32,7 +32,8 @@ def main() -> int:
             f"core {core.core}: {core.spells} spells, fastest {core.fastest_us:.1f} µs, median {core.median_us:.1f} µs,"
             f" {100 * core.slow_share:.0f} % slowed"
         )
-    print(f"warning: {unsteady(cores)}" if unsteady(cores) else "steady: the ratios above compare like with like")
+    host = unsteady(cores)
+    print(f"warning: {host}" if host else "the host ran the cores at a steady speed between the benchmarks")
     return 0
 
 
