@@ -179,14 +179,16 @@ def test_a_host_that_slows_now_and_then_is_told_apart() -> None:
 
 
 def test_the_speed_meter_times_every_usable_core() -> None:
+    before = os.sched_getaffinity(0)
     meter = SpeedMeter()
     meter.probe(0.02)
+    first = {c.core: c.spells for c in meter.cores()}
     meter.probe(0.02)
-    before = os.sched_getaffinity(0)
     cores = meter.cores()
     assert [c.core for c in cores] == sorted(before) and os.sched_getaffinity(0) == before  # affinity restored
+    assert all(c.spells > first[c.core] >= 1 for c in cores)  # the second probe's spells pooled with the first's
     fastest = {c.fastest_us for c in cores}
-    assert len(fastest) == 1 and all(c.median_us >= c.fastest_us and c.spells >= 2 * 20 for c in cores)
+    assert len(fastest) == 1 and all(c.median_us >= c.fastest_us for c in cores)
 
 
 def test_a_profile_from_an_unsteady_host_says_so(profile: dict[str, Any]) -> None:
