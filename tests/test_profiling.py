@@ -27,6 +27,7 @@ from agents.models.staged import StagedModel
 from agents.models.zoo import build_model
 from agents.profiling import sampling
 from agents.profiling.command import CHECKS_PER_PASS, PARTS_SUMMED, format_fit, format_profile, measured_from_profile
+from agents.profiling.dryrun import python_calls
 from agents.profiling.export import profile_points, write_points
 from agents.profiling.inside import TypeTimes, by_type, layer_times
 from agents.profiling.layers import (
@@ -278,6 +279,66 @@ def test_stage_recordings_add_up_to_the_model() -> None:
     assert len(stages) == 4 and sorted(heads) == [1, 2, 3]
     parts = sum(len(r.layers) for r in stages) + sum(len(r.layers) for r in heads.values())
     assert parts == len(whole.layers)
+
+
+class _Chatty(nn.Module):
+    """A convolution behind a pure-Python loop: Python a dry run must count, and a tensor that counts real calls."""
+
+    def __init__(self, loop: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.loop = loop
+        self.calls = torch.zeros(())
+        self.forwards = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.forwards += 1
+        total = 0
+        for i in range(self.loop):
+            total += i
+        self.calls.add_(1)
+        out: Tensor = self.conv(x)
+        return out
+
+
+def test_the_dry_run_counts_the_python_around_the_layers() -> None:
+    x = torch.randn(1, 8, 8, 8)
+    chatty, plain = _Chatty(loop=3000), _Chatty(loop=0)
+    many, few = python_calls(partial(chatty, x), rounds=10), python_calls(partial(plain, x), rounds=10)
+    assert many is not None and few is not None
+    # 3000 additions are worth dozens of plain module calls, a conv module's own Python a few:
+    # a ratio measured in the same rounds, with a margin no host noise reaches.
+    assert many > 5 * max(few, 1.0)
+    # The dry runs compute nothing: the counter saw the one captured pass, the Python ran every time.
+    assert chatty.calls.item() == 1 and chatty.forwards > 10
+
+
+class _Alternating(nn.Module):
+    """Applies its ReLU on every other call: a pass a dry run cannot replay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.count += 1
+        return x.relu() if self.count % 2 else x
+
+
+def test_a_pass_that_branches_on_python_state_is_not_dry_run() -> None:
+    assert python_calls(partial(_Alternating(), torch.randn(4)), rounds=3) is None
+
+
+def test_the_python_around_the_layers_is_priced_in_module_calls() -> None:
+    module = TypeModel("module", TYPES["module"], (0.002,))
+    rec = Recording([], module_calls=10)
+    assert Predictor({"module": module}).predict(rec).total_ms == pytest.approx(0.02)  # one price per call
+    rec.python_calls = 35.0
+    priced = Predictor({"module": module}).predict(rec)
+    assert priced.total_ms == pytest.approx(0.07) and priced.by_type == {"module": pytest.approx(0.07)}
+    assert Predictor({}).predict(rec).unknown == {"module": 10}
+    whole = record_stages(build_model("device-small").eval(), 1)[2]
+    assert whole.python_calls is not None and whole.python_calls > 0
 
 
 def test_every_generator_makes_its_type() -> None:
@@ -712,6 +773,12 @@ def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
     rounds = data["settings"]["passes"] * CHECKS_PER_PASS
     assert data["settings"]["check_rounds"] == rounds and len(check["rounds_ms"]) == rounds
     assert check["measured_ms"] == pytest.approx(quiet_level(check["rounds_ms"]), abs=1e-4)
+    # The Python around the layers: the module calls counted, and what the dry run made of them, priced.
+    assert check["module_calls"] > 0 and check["python_calls"] > 0
+    module_price = data["types"]["module"]["coef_ms"][0]
+    assert check["predicted_by_type_ms"]["module"] == pytest.approx(
+        module_price * check["python_calls"], rel=0.01, abs=1e-4
+    )
     proc = cascade("profile", "--model", "device-small", "--batch", "1,2", "--json", str(prof), *common)
     assert proc.returncode == 0, proc.stderr
     assert load_profile(prof)["settings"]["batches"] == [1, 2]
@@ -746,6 +813,9 @@ def test_cli_profile_fit_and_predict(tmp_path: Path) -> None:
     assert len(json.loads(pred.read_text())["host_speed"]) == len(os.sched_getaffinity(0))
     assert all(r["in_pass_ms"] > 0 for r in measured_now["rows"][:-1])
     inside = measured_now["inside"]
+    python = measured_now["python"]
+    assert python["module_calls"] > 0 and python["python_calls"] > 0 and "dry run" in proc.stdout
+    assert inside["outside"]["predicted_ms"] == python["predicted_ms"] > 0
     layers = record_stages(load_model("device-small").model, 1)[2].layers
     assert sum(t["calls"] for t in inside["types"]) == len(layers)
     assert {t["type"] for t in inside["types"]} == {layer.type for layer in layers}

@@ -311,6 +311,8 @@ def validate_model(predictor: Predictor, model: StagedModel, name: str, batch: i
         "predicted_by_type_ms": {k: round(v, 4) for k, v in sorted(prediction.by_type.items())},
         "unpriced": prediction.unknown,
         "memory_bound_layers": prediction.memory_bound,
+        "module_calls": whole.module_calls,
+        "python_calls": None if whole.python_calls is None else round(whole.python_calls, 1),
     }
 
 
@@ -408,7 +410,8 @@ def _predict(args: argparse.Namespace) -> int:
         else:
             measured = measure_now(target.model, batch, _effort(args))
             result = predict_stages(predictor, target.model, batch, measured)
-            result["inside"] = types_inside(predictor, target.model, batch, measured.whole)
+            outside = result["python"]["predicted_ms"]
+            result["inside"] = types_inside(predictor, target.model, batch, measured.whole, outside)
             results.append(result)
             speed.probe()
     host_speed = speed.cores() if profile is None else profile["settings"].get("host_speed", [])
@@ -516,7 +519,12 @@ def predict_stages(predictor: Predictor, model: StagedModel, batch: int, measure
     )
     prediction = predictor.predict(whole)
     add("whole model", prediction.total_ms, measured.whole)
-    return {"batch": batch, "rows": rows, "unpriced": prediction.unknown}
+    python = {
+        "module_calls": whole.module_calls,
+        "python_calls": None if whole.python_calls is None else round(whole.python_calls, 1),
+        "predicted_ms": round(prediction.by_type.get("module", 0.0), 4),
+    }
+    return {"batch": batch, "rows": rows, "unpriced": prediction.unknown, "python": python}
 
 
 def _error(predicted: float, measured: float) -> float:
@@ -529,12 +537,17 @@ INSIDE_PASSES = 20
 
 
 def types_inside(
-    predictor: Predictor, model: StagedModel, batch: int, whole_ms: float, passes: int = INSIDE_PASSES
+    predictor: Predictor,
+    model: StagedModel,
+    batch: int,
+    whole_ms: float,
+    outside_ms: float,
+    passes: int = INSIDE_PASSES,
 ) -> dict[str, Any]:
     """Per layer type, predicted against measured milliseconds with every call timed inside the model.
 
     The rest of the whole model's ``whole_ms`` (module calls, Python, unpriced functions) is
-    ``outside``: measured as the whole less the layers, predicted as the ``module`` type.
+    ``outside``: measured as the whole less the layers, predicted as ``outside_ms`` (the Python's price).
     """
     x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
     try:
@@ -542,12 +555,11 @@ def types_inside(
     except ValueError as exc:
         raise UserError(f"cannot time {model.name!r} layer by layer: {exc}") from None
     rows = by_type(predictor, times)
-    modules = predictor.predict(record_stages(model, batch)[2]).by_type.get("module", 0.0)
     outside = whole_ms - math.fsum(ms for _, ms in times)
     return {
         "passes": passes,
         "types": [r.to_json() for r in rows],
-        "outside": {"predicted_ms": round(modules, 4), "measured_ms": round(outside, 4)},
+        "outside": {"predicted_ms": round(outside_ms, 4), "measured_ms": round(outside, 4)},
     }
 
 
@@ -579,6 +591,14 @@ def format_predict(
             )
         if result["unpriced"]:
             lines.append(f"  not priced (no fitted type): {result['unpriced']}")
+        python = result.get("python")
+        if python:
+            counted = python["python_calls"]
+            lines.append(
+                f"  the Python around the layers: {python['predicted_ms']:.3f}ms predicted,"
+                f" {python['module_calls']} module calls"
+                + (f" worth {counted:.0f} plain ones (dry run)" if counted is not None else ", one price each")
+            )
         inside = result.get("inside")
         if inside:
             lines += [
@@ -595,6 +615,6 @@ def format_predict(
             out = inside["outside"]
             lines.append(
                 f"         {'outside layers':<14} {'':>5} {out['predicted_ms']:8.3f}ms {out['measured_ms']:8.3f}ms"
-                "   (module calls; measured: the whole model less its layers)"
+                "   (the Python around the layers; measured: the whole model less its layers)"
             )
     return "\n".join(lines)

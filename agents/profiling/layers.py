@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from agents.models.staged import StagedModel
+from agents.profiling.dryrun import python_calls
 
 #: Layer types and the shape features a regression per type uses (an intercept is always added).
 TYPES: dict[str, tuple[str, ...]] = {
@@ -230,10 +231,14 @@ class Recording:
     layers: list[Layer] = field(default_factory=list)
     module_calls: int = 0
     unknown: dict[str, int] = field(default_factory=dict)
+    #: The Python the pass runs around its layers, in plain nn.Module calls
+    #: (:func:`agents.profiling.dryrun.python_calls`); None when not measured: each module call counts as one.
+    python_calls: float | None = None
 
-    def all_layers(self) -> list[Layer]:
-        """The layers plus one ``module`` layer per nn.Module call."""
-        return [*self.layers, *(Layer("module", {}, "nn.Module call") for _ in range(self.module_calls))]
+    @property
+    def module_units(self) -> float:
+        """How many ``module`` prices the pass's Python costs: ``python_calls`` when measured, else ``module_calls``."""
+        return self.module_calls if self.python_calls is None else self.python_calls
 
 
 def _name(func: Callable[..., Any]) -> str:
@@ -577,16 +582,23 @@ def record_stages(model: StagedModel, batch: int) -> tuple[list[Recording], dict
     x = model.example_input(batch).contiguous(memory_format=torch.channels_last)
     stages: list[Recording] = []
     heads: dict[int, Recording] = {}
-    whole = record(lambda: model(x))
+    whole = record_priced(partial(model, x))
     with torch.inference_mode():
         for k in range(model.num_stages):
             stage = model.stages[k]
-            stages.append(record(partial(stage, x)))
+            stages.append(record_priced(partial(stage, x)))
             x = stage(x)
             index = model.exit_at_stage(k)
             if index is not None:
-                heads[k] = record(partial(model.heads[index], x))
+                heads[k] = record_priced(partial(model.heads[index], x))
     return stages, heads, whole
+
+
+def record_priced(fn: Callable[[], object]) -> Recording:
+    """:func:`record`, with the Python around the layers measured by a dry run (``python_calls``)."""
+    rec = record(fn)
+    rec.python_calls = python_calls(fn)
+    return rec
 
 
 def total_elements(layers: Sequence[Layer], kind: str) -> float:

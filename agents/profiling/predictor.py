@@ -145,7 +145,11 @@ class Predictor:
         return model.predict(layer) if model is not None else 0.0
 
     def predict(self, rec: Recording) -> Prediction:
-        """Milliseconds of a recorded forward pass: the sum over its layers and module calls.
+        """Milliseconds of a recorded forward pass: the sum over its layers, and the Python around them.
+
+        The Python is the fitted ``module`` price (an ``nn.Identity`` call) times
+        :attr:`Recording.module_units`: the dry run's count when the recording has one, else one per
+        module call (the zoo models' Python measured 3–6 module prices a module call here).
 
         With a memory curve, a weighted layer takes at least its weights' bytes over the read
         speed at the size of all the recording's weights: past the cache, a network's weights
@@ -154,7 +158,7 @@ class Predictor:
         """
         out = Prediction(0.0, unknown=dict(rec.unknown))
         gbs = self.memory.bandwidth_gbs(sum(map(weight_bytes, rec.layers)) / 2**20) if self.memory else None
-        for layer in rec.all_layers():
+        for layer in rec.layers:
             if layer.type not in self.types:
                 out.unknown[layer.type] = out.unknown.get(layer.type, 0) + 1
                 continue
@@ -166,6 +170,13 @@ class Predictor:
                     out.memory_bound += 1
             out.by_type[layer.type] = out.by_type.get(layer.type, 0.0) + ms
             out.total_ms += ms
+        if rec.module_calls:
+            if "module" not in self.types:
+                out.unknown["module"] = out.unknown.get("module", 0) + rec.module_calls
+            else:
+                ms = self.predict_layer(Layer("module")) * rec.module_units
+                out.by_type["module"] = ms
+                out.total_ms += ms
         return out
 
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from agents.evaluation.latency import quiet_level, time_call, timed_calls
+from agents.profiling.dryrun import identity_call
 from agents.profiling.layers import ALIASED_ROWS, TYPES, Layer, capture_one, conv_path
 
 Call = Callable[[], object]
@@ -301,10 +302,8 @@ def plan(samples_per_type: int, seed: int = 0) -> list[tuple[str, int]]:
     return jobs
 
 
-def _module_call(rng: random.Random) -> tuple[Layer, Call]:
-    module = nn.Identity()
-    x = _map(rng, 1, 8, 4)
-    return Layer("module", {}, "nn.Module call (Identity)"), lambda: module(x)
+def _module_call() -> tuple[Layer, Call]:
+    return Layer("module", {}, "nn.Module call (Identity)"), identity_call()
 
 
 class CacheFlush:
@@ -371,7 +370,7 @@ def measure(
     """
     rng = random.Random(seed)
     if kind == "module":
-        layer, call = _module_call(rng)
+        layer, call = _module_call()
     else:
         call = GENERATORS[kind](rng)
         with torch.inference_mode():
