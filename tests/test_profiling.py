@@ -736,7 +736,7 @@ def test_layer_times_refuse_passes_that_branch() -> None:
         x = torch.ones(4)
         return F.relu(x) if next(calls) % 2 else x
 
-    with pytest.raises(ValueError, match="different numbers of layers"):
+    with pytest.raises(ValueError, match="different numbers of torch functions"):
         layer_times(branching, passes=4, warmup=0)
 
 

@@ -33,12 +33,8 @@ def layer_times(fn: Callable[[], object], passes: int = 20, warmup: int = 5) -> 
     with torch.inference_mode():
         for _ in range(max(0, warmup)):
             fn()
-    runs = [record_timed(fn) for _ in range(max(1, passes))]
-    layers = runs[0][0].layers
-    per_pass = [ms for _, ms in runs]
-    if any(len(ms) != len(layers) for ms in per_pass):
-        raise ValueError(f"the passes ran different numbers of layers: {sorted({len(ms) for ms in per_pass})}")
-    return [(layer, statistics.median(ms)) for layer, ms in zip(layers, zip(*per_pass, strict=True), strict=True)]
+    rec, per_pass = record_timed(fn, passes)
+    return [(layer, statistics.median(ms)) for layer, ms in zip(rec.layers, zip(*per_pass, strict=True), strict=True)]
 
 
 @dataclass(frozen=True)
