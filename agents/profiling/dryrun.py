@@ -19,13 +19,14 @@ recorded on one machine can be priced for another node.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from agents.evaluation.latency import timed_calls
 
 #: Rounds of the dry run, its captured calls and plain module calls, interleaved so a slow spell of
 #: the host falls on all three.
@@ -80,12 +81,6 @@ def _quantile(values: list[float]) -> float:
     return sorted(values)[int(QUANTILE * (len(values) - 1))]
 
 
-def _ms(fn: Callable[[], object]) -> float:
-    start = time.perf_counter_ns()
-    fn()
-    return (time.perf_counter_ns() - start) / 1e6
-
-
 def python_calls(fn: Callable[[], object], rounds: int = DRY_ROUNDS) -> float | None:
     """The Python one call of ``fn`` runs outside its torch functions, in plain ``nn.Module`` calls.
 
@@ -115,11 +110,11 @@ def python_calls(fn: Callable[[], object], rounds: int = DRY_ROUNDS) -> float | 
         times: dict[str, list[float]] = {"dry": [], "alone": [], "identity": []}
         try:
             for _ in range(max(1, rounds)):
-                times["dry"].append(_ms(dry))
+                times["dry"] += timed_calls(dry, reps=1, warmup=0)
                 if answer.next != len(calls):
                     return None
-                times["alone"].append(_ms(captured_alone))
-                times["identity"] += [_ms(identity) for _ in range(IDENTITY_CALLS)]
+                times["alone"] += timed_calls(captured_alone, reps=1, warmup=0)
+                times["identity"] += timed_calls(identity, reps=IDENTITY_CALLS, warmup=0)
         except (IndexError, RuntimeError, TypeError, ValueError):
             return None  # the pass ran other functions than the captured one and tripped on a result
     own = max(0.0, _quantile(times["dry"]) - _quantile(times["alone"]))
