@@ -22,9 +22,9 @@ import torch
 from agents.allocator import keep_freed_memory
 from agents.evaluation.latency import timed_calls
 from agents.profiling.inside import layer_times
-from agents.profiling.layers import record_calls
 from agents.profiling.loading import load_model
 from agents.profiling.node import OtherLoad
+from agents.profiling.recording import record_calls
 from agents.profiling.sampling import HOT, CacheFlush, before_each_call
 
 MODELS = ("device-small", "mobilenet_v2", "resnet18")

@@ -26,24 +26,16 @@ from agents.evaluation.latency import Timing, in_pass_latency, quiet_level, stag
 from agents.models.staged import StagedModel
 from agents.models.zoo import build_model
 from agents.profiling import sampling
-from agents.profiling.command import CHECKS_PER_PASS, PARTS_SUMMED, format_fit, format_profile, measured_from_profile
+from agents.profiling.command import format_profile
 from agents.profiling.dryrun import python_calls
 from agents.profiling.export import profile_points, write_points
+from agents.profiling.fit_command import CHECKS_PER_PASS, format_fit
 from agents.profiling.inside import TypeTimes, by_type, layer_times
-from agents.profiling.layers import (
-    TYPES,
-    Layer,
-    Recording,
-    capture_one,
-    cat_runs,
-    classify,
-    record,
-    record_calls,
-    record_stages,
-)
+from agents.profiling.layers import TYPES, Layer, Recording, cat_runs, classify
 from agents.profiling.loading import load_model
 from agents.profiling.memory import MemoryCurve, available_mib, measure_memory
 from agents.profiling.node import NodeIdentity, cpu_model, node_identity
+from agents.profiling.predict_command import PARTS_SUMMED, measured_from_profile
 from agents.profiling.predictor import (
     FIT_SCHEMA,
     Predictor,
@@ -57,6 +49,7 @@ from agents.profiling.predictor import (
     save_fit,
     weight_bytes,
 )
+from agents.profiling.recording import capture_one, record, record_calls, record_stages
 from agents.profiling.sampling import (
     GENERATORS,
     NOISY_PASSES,
@@ -875,7 +868,7 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_fit_predictor_matches_the_cli_folds() -> None:
     # The fold the CLI writes for each sample must be the one fit_type held it out in: per type.
-    from agents.profiling.command import _folds
+    from agents.profiling.fit_command import _folds
 
     samples = [(Layer("norm", {"elems": float(i)}), 1.0) for i in range(20)] + [
         (Layer("view", {"elems": float(i)}), 1.0) for i in range(8)

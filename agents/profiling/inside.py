@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from agents.profiling.layers import Layer, record_timed
+from agents.profiling.layers import Layer
 from agents.profiling.predictor import Predictor
+from agents.profiling.recording import record_timed
 
 
 def layer_times(fn: Callable[[], object], passes: int = 20, warmup: int = 5) -> list[tuple[Layer, float]]:

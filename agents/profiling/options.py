@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+
+from agents.errors import UserError
+
+#: Targets from the issue, printed beside the figures.
+TYPE_MAPE_TARGET = 0.15
+MODEL_ERROR_TARGET = 0.10
+REPEAT_TARGET = 0.10
+#: Cores other processes may keep busy before the figures get a warning.
+BUSY_WARNING = 0.2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,3 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predict", action="store_true", help="predicted vs measured latency per stage of --model")
     p.add_argument("--fit-file", help="with --predict: the predictor written by --fit")
     p.add_argument("--profile", help="with --predict: compare with this profile file's medians instead of measuring")
+
+
+def parse_batches(text: str | None, default: Sequence[int]) -> list[int]:
+    """``"1,8,32"`` → ``[1, 8, 32]``; UserError for anything but distinct positive integers."""
+    if text is None:
+        return list(default)
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values) or len(set(values)) != len(values):
+        raise UserError(f"--batch {text!r}: expected distinct positive integers separated by commas, e.g. 1,8,32")
+    return values

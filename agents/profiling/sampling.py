@@ -4,7 +4,7 @@ Shapes are drawn around what the zoo's models hold (CIFAR-sized maps of 1–32
 pixels, 3–1280 channels, 1×1 and 3×3 kernels, batches 1–32), with a cap on the
 work per layer so a fit stays within minutes on two cores. 4-D inputs are
 channels-last, as in :mod:`agents.evaluation.latency`. Each layer is recorded by
-:func:`agents.profiling.layers.capture_one`, so its features come from the same
+:func:`agents.profiling.recording.capture_one`, so its features come from the same
 code that reads a model's layers.
 """
 
@@ -22,7 +22,8 @@ from torch import Tensor
 
 from agents.evaluation.latency import quiet_level, time_call, timed_calls
 from agents.profiling.dryrun import identity_call
-from agents.profiling.layers import ALIASED_ROWS, TYPES, Layer, capture_one, conv_path
+from agents.profiling.layers import ALIASED_ROWS, TYPES, Layer, conv_path
+from agents.profiling.recording import capture_one
 
 Call = Callable[[], object]
 
