@@ -9,6 +9,7 @@ environment variable named in ``broker.password_env`` or a systemd credential.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -212,6 +213,15 @@ class InfluxConfig(Strict):
     flush_s: float = Field(1.0, gt=0, le=60)
     timeout_s: float = Field(5.0, gt=0, le=120)
     spool_max_bytes: int = Field(256 * 1024 * 1024, ge=4096, description="disk kept for points while it is away")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        # Caught here, not at the first write: a URL urllib cannot use would count every point as refused.
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r}: expected http:// or https:// and a host, e.g. http://influx.lab:8086")
+        return url
 
     @model_validator(mode="before")
     @classmethod

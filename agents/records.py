@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -118,11 +119,15 @@ class FrameRecord:
         )
         stamps = ",".join([f"{_stamp_field(k)}={v}i" for k, v in self.stamps.items()])
         spans = ",".join([f"{k}={v!r}" for k, v in (self.durations_ms() if durations is None else durations).items()])
+        # InfluxDB refuses NaN and infinity, and with them the whole point: such a value is left out.
+        confidence = float(self.confidence)
+        uplink = None if self.uplink_mbit is None else float(self.uplink_mbit)
         return (
-            f"{tags} frame={self.frame}i,prediction={self.prediction}i,confidence={float(self.confidence)!r},"
+            f"{tags} frame={self.frame}i,prediction={self.prediction}i,"
+            f"{f'confidence={confidence!r},' if math.isfinite(confidence) else ''}"
             f"bytes_up={self.bytes_up}i,bytes_down={self.bytes_down}i,"
             f"offloaded={'0' if self.outcome == 'local' else '1'}i{label}"
-            f"{'' if self.uplink_mbit is None else f',uplink_mbit={float(self.uplink_mbit)!r}'}"
+            f"{f',uplink_mbit={uplink!r}' if uplink is not None and math.isfinite(uplink) else ''}"
             f"{',' if stamps else ''}{stamps}{',' if spans else ''}{spans} {self.stamps.get('capture', 0)}"
         )
 

@@ -202,3 +202,128 @@ def test_v2_config_needs_bucket_and_org() -> None:
     assert cfg.telemetry.influx is not None and influx_target(cfg.telemetry.influx).database == "b"
     with pytest.raises(ValidationError, match="api v1 needs 'database'"):
         DeploymentConfig.model_validate({"deployment": "t", "telemetry": {"influx": {"url": "http://x:8086"}}})
+
+
+def test_lines_influx_cannot_parse_are_counted_as_dropped_not_written(tmp_path: Path, influx: InfluxServer) -> None:
+    influx.query(f'CREATE DATABASE "{DB}"')
+    # 1.x writes the rest of the batch and answers "partial write: unable to parse ... dropped=0": the lines
+    # it could not parse are not in its count. Long tags make the answer longer than any cut of it.
+    long = "x" * 400
+    bad = [f"frames,device={long}{k} frame=nonsense {1_795_000_000_000_000_000 + k}" for k in range(3)]
+    sink = _sink(influx, tmp_path / "spool")
+    sink.submit([*_lines(0, 100), *bad])
+    sink.close()
+    assert (sink.written, sink.dropped) == (100, 3) and influx.count(DB) == 100
+
+
+def test_a_frame_whose_confidence_is_not_a_number_still_lands(tmp_path: Path, influx: InfluxServer) -> None:
+    influx.query(f'CREATE DATABASE "{DB}"')
+    nan_line = _record_line(confidence=float("nan"))
+    assert "confidence" not in nan_line and "nan" not in nan_line
+    sink = _sink(influx, tmp_path / "spool")
+    sink.submit([nan_line, _record_line(confidence=0.75, frame=1)])
+    sink.close()
+    assert (sink.written, sink.dropped) == (2, 0) and influx.count(DB) == 2
+
+
+def _record_line(confidence: float, frame: int = 0, **names: str) -> str:
+    capture = 1_795_000_000_000_000_000 + frame
+    r = FrameRecord(
+        deployment=names.get("deployment", "t"),
+        run="r1",
+        device=names.get("device", "dev1"),
+        frame=frame,
+        request_id=f"dev1-x-{frame:08d}",
+        label=None,
+        prediction=3,
+        confidence=confidence,
+        tier="device",
+        exit=0,
+        model=names.get("model", "device-small"),
+        outcome="local",
+        stamps={"capture": capture, "answer": capture + 1000},
+    )
+    return r.to_line_protocol()
+
+
+def test_tag_values_round_trip_or_change_as_documented(tmp_path: Path, influx: InfluxServer) -> None:
+    influx.query(f'CREATE DATABASE "{DB}"')
+    # What a model name may hold, and what InfluxDB 1.x then stores: a backslash it would read as an
+    # escape (before a space, comma or equals sign, or last) becomes '/', a control character a space.
+    names = {
+        "with space": "with space",
+        "a,b=c": "a,b=c",
+        "back\\slash": "back\\slash",
+        "ends\\": "ends/",
+        "x\\ y": "x/ y",
+        "new\nline": "new line",
+        "é✓": "é✓",
+    }
+    lines = [_record_line(0.5, frame, model=name) for frame, name in enumerate(names)]
+    sink = _sink(influx, tmp_path / "spool")
+    sink.submit(lines)
+    sink.close()
+    assert (sink.written, sink.dropped) == (len(names), 0)
+    got = influx.query('SELECT "frame", "model" FROM "frames"', DB)["results"][0]["series"][0]["values"]
+    assert sorted(model for _, _, model in got) == sorted(names.values())
+
+
+def test_the_sink_outlives_an_answer_that_is_not_http(tmp_path: Path, influx: InfluxServer) -> None:
+    import socket
+    import threading
+
+    garbage = socket.create_server(("127.0.0.1", 0))
+    port = garbage.getsockname()[1]
+
+    def answer_garbage() -> None:
+        while True:
+            try:
+                conn, _ = garbage.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"this is not HTTP\r\n\r\n")
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    try:
+        sink = InfluxSink(
+            InfluxTarget(f"http://127.0.0.1:{port}", DB, timeout_s=1.0),
+            tmp_path / "spool",
+            flush_s=0.05,
+            max_backoff_s=0.2,
+        )
+        sink.submit(_lines(0, 50))
+        _wait(lambda: sink.errors >= 2, 10, "retries")
+        assert sink._thread.is_alive() and sink.dropped == 0
+        sink.close(timeout_s=0.5)
+    finally:
+        garbage.close()
+    assert sink.backlog >= 1 and sink.spooled == 50
+    # After close, late lines go to the spool too; the next start sends everything to a real database.
+    sink.submit(_lines(50, 10))
+    influx.query(f'CREATE DATABASE "{DB}"')
+    second = _sink(influx, tmp_path / "spool")
+    second.close()
+    assert second.written == 60 and second.backlog == 0 and influx.count(DB) == 60
+
+
+def test_a_spool_file_a_crash_left_unnamed_is_recovered_or_counted(tmp_path: Path, influx: InfluxServer) -> None:
+    import gzip
+
+    influx.query(f'CREATE DATABASE "{DB}"')
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "000000000001-40.lp.tmp").write_bytes(gzip.compress(("\n".join(_lines(0, 40)) + "\n").encode()))
+    (spool / "000000000002-30.lp.tmp").write_bytes(gzip.compress(("\n".join(_lines(40, 30)) + "\n").encode())[:50])
+    sink = _sink(influx, spool)
+    sink.close()
+    assert (sink.written, sink.dropped) == (40, 30) and influx.count(DB) == 40
+    assert not list(spool.glob("*.tmp"))
+
+
+def test_an_influx_url_without_a_scheme_is_a_config_error() -> None:
+    with pytest.raises(ValidationError, match="expected http:// or https:// and a host"):
+        DeploymentConfig.model_validate(
+            {"deployment": "t", "telemetry": {"influx": {"url": "influxhost:8086", "database": "d"}}}
+        )

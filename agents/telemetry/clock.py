@@ -138,7 +138,8 @@ class ClockSync:
 
     def best(self, peer: str) -> ClockEstimate | None:
         """The estimate used for ``peer`` (minimum round trip over the last ``history_rounds`` rounds)."""
-        history = self._history.get(peer)
+        with self._lock:  # the clock thread appends to the history while agents read it
+            history = tuple(self._history.get(peer, ()))
         return min(history, key=lambda e: e.rtt_ns) if history else None
 
     def on_pong(self, env: Envelope, t4: int) -> None:
@@ -186,7 +187,8 @@ class ClockSync:
         for peer, samples in rounds.items():
             best = min(samples, key=lambda s: s.rtt_ns)
             est = ClockEstimate(peer, roles.get(peer, ""), best.offset_ns, best.rtt_ns, len(samples), now)
-            self._history.setdefault(peer, deque(maxlen=self.history_rounds)).append(est)
+            with self._lock:
+                self._history.setdefault(peer, deque(maxlen=self.history_rounds)).append(est)
             out.append(est)
         return out
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.client
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -112,11 +114,13 @@ class InfluxSink:
         self._pending: deque[str] = deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._seq = max((int(p.name.split("-")[0]) for p in self._spooled()), default=0)
+        self._closed = False
         self.written = 0  # points the server accepted
         self.spooled = 0  # points that went to disk at least once
-        self.dropped = 0  # points lost: spool cap hit, or refused by the server as malformed
+        self.dropped = 0  # points lost: spool cap hit, refused by the server as malformed, or a damaged spool file
         self.errors = 0  # failed write attempts
+        self._recover_unfinished()
+        self._seq = max((int(p.name.split("-")[0]) for p in self._spooled()), default=0)
         self._backoff = 0.0
         self._next_try = 0.0
         self._v2: _V2Writer | None = None
@@ -129,9 +133,12 @@ class InfluxSink:
         if not lines:
             return
         with self._cond:
-            self._pending.extend(lines)
-            if len(self._pending) >= self.batch_lines:
-                self._cond.notify()
+            if not self._closed:
+                self._pending.extend(lines)
+                if len(self._pending) >= self.batch_lines:
+                    self._cond.notify()
+                return
+        self._spool(list(lines))  # after close() nothing sends: straight to disk, for the next start
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Send what is queued (for up to ``timeout_s``); what cannot be sent stays in the spool on disk."""
@@ -140,6 +147,7 @@ class InfluxSink:
             self._cond.notify()
         self._thread.join(timeout_s + 1.0)
         with self._cond:  # not sent in time: keep it for the next start
+            self._closed = True
             if self._pending:
                 self._spool(list(self._pending))
                 self._pending.clear()
@@ -167,10 +175,17 @@ class InfluxSink:
                     self._cond.wait(self.flush_s)
                 closing = self._closing
                 batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.batch_lines))]
-            # Spooled batches are older: while any wait, new ones queue behind them on disk.
-            if batch and (self._spooled() or not self._ready() or not self._post(_pack(batch), len(batch))):
-                self._spool(batch)
-            self._drain_spool()
+            try:
+                # Spooled batches are older: while any wait, new ones queue behind them on disk.
+                if batch and (self._spooled() or not self._ready() or not self._post(_pack(batch), len(batch))):
+                    self._spool(batch)
+                self._drain_spool()
+            except Exception as exc:  # nothing could be written once this thread ended: never let it end
+                self.errors += 1
+                self._next_try = time.monotonic() + max(1.0, self._backoff)
+                log.exception("influx sink: unexpected %s; the batch goes to the spool", type(exc).__name__)
+                if batch:  # written already, at worst: InfluxDB keeps one point per series and timestamp
+                    self._spool(batch)
             if closing:
                 with self._cond:
                     empty = not self._pending
@@ -206,12 +221,10 @@ class InfluxSink:
                 log.warning("influx at %s: %s; spooling, retry in %.1f s", self.target.url, exc, wait)
             return False
         except ValueError as exc:  # the server refused the points themselves: retrying cannot help
-            # 1.x writes the rest of a batch and says how many it dropped ("partial write: ... dropped=N").
-            partial = re.search(r"partial write.*dropped=(\d+)", str(exc))
-            refused = min(points, int(partial.group(1))) if partial else points
+            refused = refused_points(str(exc), points)
             self.dropped += refused
             self.written += points - refused
-            log.error("influx refused %d of a batch of %d points: %s", refused, points, exc)
+            log.error("influx refused %d of a batch of %d points: %s", refused, points, _shorten(str(exc)))
             return True
         self._backoff = 0.0
         self._next_try = 0.0
@@ -230,9 +243,21 @@ class InfluxSink:
                 resp.read()
         except urllib.error.HTTPError as exc:
             retry = exc.headers.get("Retry-After")
-            _refused(exc.code, exc.read()[:300].decode(errors="replace"), retry)
-        except (urllib.error.URLError, OSError) as exc:
+            # The whole answer: a partial write's counts come at its end, after the refused lines.
+            _refused(exc.code, exc.read().decode(errors="replace"), retry)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             raise _Retryable(f"unreachable ({getattr(exc, 'reason', exc)})") from None
+
+    def _recover_unfinished(self) -> None:
+        """Spool files a crash left unnamed (``.lp.tmp``): kept when whole, else counted as dropped."""
+        for tmp in sorted(self.spool_dir.glob("*.lp.tmp")):
+            try:
+                gzip.decompress(tmp.read_bytes())
+                tmp.replace(tmp.with_suffix(".gz"))
+            except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+                self.dropped += _points(tmp)
+                tmp.unlink(missing_ok=True)
+                log.error("influx spool %s damaged (%s): %d points dropped", tmp.name, exc, _points(tmp))
 
     def _spooled(self) -> list[Path]:
         return sorted(self.spool_dir.glob("*.lp.gz"), key=lambda p: p.name)
@@ -243,7 +268,10 @@ class InfluxSink:
             path = self.spool_dir / f"{self._seq:012d}-{len(lines)}.lp.gz"
         try:
             tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(_pack(lines))
+            with tmp.open("wb") as f:
+                f.write(_pack(lines))
+                f.flush()
+                os.fsync(f.fileno())  # on disk before it has its name: a power cut leaves no empty batch
             tmp.replace(path)
         except OSError as exc:
             self.dropped += len(lines)
@@ -260,13 +288,32 @@ class InfluxSink:
             log.error("influx spool over %d bytes: dropped its oldest batch %s", self.spool_max_bytes, oldest.name)
 
 
+def refused_points(answer: str, points: int) -> int:
+    """How many of a batch of ``points`` a 400 answer says were refused.
+
+    InfluxDB 1.x writes the rest of a batch with bad lines and answers ``partial write:`` with one
+    ``unable to parse`` per line it could not parse, then ``dropped=N`` for the parsed points it would
+    not keep (a field's type changed, outside the retention policy); the lines it could not parse are
+    not in N. Any other 400 refuses the whole batch.
+    """
+    if "partial write" not in answer:
+        return points
+    dropped = re.search(r"dropped=(\d+)", answer)
+    return min(points, answer.count("unable to parse") + (int(dropped.group(1)) if dropped else 0))
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters for a log line (a refused batch quotes its lines)."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
 def _refused(code: int, detail: str, retry_after: str | None) -> None:
     """Raise what an HTTP error status means for the batch: retry later (kept), or refused for good."""
     if code == 429 or code >= 500:
         wait = float(retry_after) if retry_after and retry_after.isdigit() else None
-        raise _Retryable(f"HTTP {code} {detail}", wait)
+        raise _Retryable(f"HTTP {code} {_shorten(detail)}", wait)
     if code in (401, 403, 404):  # credentials, database or bucket: a person must act; keep the data
-        raise _Retryable(f"HTTP {code} {detail} (check credentials and the database/bucket)")
+        raise _Retryable(f"HTTP {code} {_shorten(detail)} (check credentials and the database/bucket)")
     raise ValueError(f"HTTP {code} {detail}")
 
 
@@ -305,7 +352,7 @@ class _V2Writer:
             )
         except ApiException as exc:
             headers: dict[str, str] = dict(exc.headers or {})
-            _refused(int(exc.status or 0), str(exc.body or exc.reason)[:300], headers.get("Retry-After"))
+            _refused(int(exc.status or 0), str(exc.body or exc.reason), headers.get("Retry-After"))
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise _Retryable(f"unreachable ({exc})") from None
 

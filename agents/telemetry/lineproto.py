@@ -6,14 +6,26 @@ import math
 import re
 from collections.abc import Mapping
 
-_NEEDS_ESCAPE = re.compile(r"[\\, =]")
+#: What a key needs changed: line-protocol specials, backslashes, control characters.
+_NEEDS_ESCAPE = re.compile(r"[\\, =\x00-\x1f\x7f]")
+_SPECIALS = re.compile(r"[, =]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A backslash InfluxDB would read as escaping what follows it, or that ends the key.
+_STRANDED_BACKSLASH = re.compile(r"\\(?=[, =]|$)")
 
 
 def escape_key(text: str) -> str:
-    """A measurement, tag key, tag value or field key with line-protocol specials escaped."""
+    r"""A measurement, tag key, tag value or field key with line-protocol specials escaped.
+
+    InfluxDB 1.x unescapes only a backslash before a comma, an equals sign or a space, and keeps
+    every other backslash as it is (``\\`` stays two). So a backslash before one of those, or at
+    the end (the line becomes unparsable), cannot be written: it becomes ``/``. Control characters
+    become spaces (a newline would end the line). Checked against influxd 1.6.7.
+    """
     if not _NEEDS_ESCAPE.search(text):
         return text
-    return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+    text = _STRANDED_BACKSLASH.sub("/", _CONTROL.sub(" ", text))
+    return _SPECIALS.sub(lambda m: "\\" + m.group(0), text)
 
 
 def field_value(value: bool | int | float | str) -> str | None:
@@ -24,6 +36,8 @@ def field_value(value: bool | int | float | str) -> str | None:
         return f"{value}i"
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else None
+    # A newline would be kept inside the quotes, but split the point in the run directory's .lp files,
+    # which `influx -import` reads line by line: it is written as backslash-n and stored as those two.
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 

@@ -88,7 +88,7 @@ class AgentTelemetry:
                 if line is not None:
                     self._files["telemetry.lp"].write((line + "\n").encode())
                     self._files["telemetry.lp"].flush()
-        except (OSError, TypeError, orjson.JSONEncodeError) as exc:
+        except (OSError, TypeError, ValueError, orjson.JSONEncodeError) as exc:  # ValueError: after close()
             self.errors += 1
             log.error("telemetry of %s in %s not written: %s [%d errors]", self.agent, self.dir, exc, self.errors)
         if line is not None and self.sink is not None:
