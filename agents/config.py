@@ -27,7 +27,8 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 class Strict(BaseModel):
     """Base for every section: unknown keys are errors, values are immutable once loaded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No infinity or NaN: `.inf` would pass every `gt=0` bound and fail at run time, far from the YAML.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TLSConfig(Strict):
@@ -142,6 +143,13 @@ class DeviceConfig(Strict):
         description="reach the broker through HOST:PORT instead (a `cascade link` emulating this device's link)",
     )
     source: SourceConfig
+
+    @field_validator("via")
+    @classmethod
+    def _port_in_range(cls, value: str | None) -> str | None:
+        if value is not None and not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError(f"{value!r}: the port must be 1-65535")
+        return value
 
     @field_validator("codec")
     @classmethod
@@ -352,9 +360,27 @@ def format_errors(path: Path, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        got = "" if err["type"] == "missing" else f" (got {_shown(err.get('input'))})"
         lines.append(f"{path}: {where}: {err['msg']}{got}")
     return "\n".join(lines)
+
+
+#: Keys whose values an error message must not repeat (a secret put in the YAML is itself the error).
+_SECRET_KEYS = ("password", "token", "secret")
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with the values of secret-looking keys replaced, at any depth."""
+    if isinstance(value, dict):
+        return {k: "***" if any(s in str(k).lower() for s in _SECRET_KEYS) else _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A rejected value for an error message, secrets masked: config errors end up in logs and journals."""
+    return repr(_masked(value))
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:

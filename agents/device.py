@@ -129,9 +129,12 @@ class DeviceAgent(Agent):
         except MessageError as exc:
             self.reject(exc.kind, f"sensor frame {env.id}: {exc.detail}")
             return
-        label = env.header.get("label")
+        label, number = env.header.get("label"), env.header.get("frame", 0)
+        if not isinstance(number, int) or isinstance(number, bool):
+            self.reject("header", f"sensor frame {env.id}: 'frame' must be an integer, got {number!r}")
+            return
         capture = dict(env.stamps).get("capture", self.now_ns())
-        frame = Frame(int(env.header.get("frame", 0)), image, label if isinstance(label, int) else None, capture)
+        frame = Frame(number, image, label if isinstance(label, int) else None, capture)
         try:
             self.sensor_frames.put_nowait(frame)
         except queue.Full:
@@ -286,6 +289,13 @@ class DeviceAgent(Agent):
                 self._finished.popitem(last=False)
         self._answered[outcome] += 1
 
+    def _handle_result_guarded(self, env: Envelope) -> None:
+        """:meth:`_handle_result`, with an error no check foresaw counted (``rejected_unexpected``), not raised."""
+        try:
+            self._handle_result(env)
+        except Exception as exc:
+            self._handler_failed(self.reply_topic, exc)
+
     def _handle_result(self, env: Envelope) -> None:
         rid = env.id
         received = env.stamps[-1][1] if env.stamps and env.stamps[-1][0] == "device_receive" else self.now_ns()
@@ -296,14 +306,13 @@ class DeviceAgent(Agent):
             pending = None
         if pending is None:
             if self._finished.get(rid) == "timeout":
-                self.count("late_replies")
                 deadline_ns = dict(env.stamps).get("capture", 0) + self._deadline_ns
-                self.writer.write_late(
-                    rid,
-                    str(env.header.get("tier")),
-                    int(env.header.get("prediction", -1)),
-                    (received - deadline_ns) / 1e6,
-                )
+                prediction = env.header.get("prediction", -1)
+                if not isinstance(prediction, int) or isinstance(prediction, bool):
+                    self.reject("header", f"late result {rid}: 'prediction' must be an integer, got {prediction!r}")
+                    return
+                self.count("late_replies")
+                self.writer.write_late(rid, str(env.header.get("tier")), prediction, (received - deadline_ns) / 1e6)
             elif rid in self._finished:
                 self.count("duplicate_replies")
             else:
@@ -347,9 +356,9 @@ class DeviceAgent(Agent):
             timeout = max(0.0, min(max_wait, next_deadline))
         try:
             env = self.results.get(timeout=timeout) if block else self.results.get_nowait()
-            self._handle_result(env)
+            self._handle_result_guarded(env)
             while True:
-                self._handle_result(self.results.get_nowait())
+                self._handle_result_guarded(self.results.get_nowait())
         except queue.Empty:
             pass
         now = time.monotonic()
@@ -412,21 +421,24 @@ class DeviceAgent(Agent):
         # collector from walking it on every young-generation pass of the per-frame loop.
         gc.collect()
         gc.freeze()
-        with torch.inference_mode():
-            for frame in self._frames():
-                self._frames_seen += 1
-                self._service(block=False)
-                while len(self.pending) >= self.dcfg.window and not self.stop.is_set():
-                    self._service(block=True)
-                self._infer(frame)
-        while self.pending and not self.stop.is_set():
-            self._service(block=True)
-        for rid in list(self.pending):  # stopped early: answer what is left locally
-            self._finish_locally(self.pending.pop(rid))
-        self.writer.close()
-        self.maybe_publish_health(0)
-        self.close_telemetry()  # what InfluxDB did not take in time stays in the spool for the next start
-        self.link.publish(self.topics.health(self.id), json.dumps({**self.health(), "done": True}).encode(), qos=1)
-        self.link.close()
+        try:
+            with torch.inference_mode():
+                for frame in self._frames():
+                    self._frames_seen += 1
+                    self._service(block=False)
+                    while len(self.pending) >= self.dcfg.window and not self.stop.is_set():
+                        self._service(block=True)
+                    self._infer(frame)
+            while self.pending and not self.stop.is_set():
+                self._service(block=True)
+        finally:  # also after an error: the records held so far are written, the link says "stopped"
+            for rid in list(self.pending):  # stopped early: answer what is left locally
+                self._finish_locally(self.pending.pop(rid))
+            self.writer.close()
+            self.maybe_publish_health(0)
+            self.close_telemetry()  # what InfluxDB did not take in time stays in the spool for the next start
+            done = json.dumps({**self.health(), "done": True}).encode()
+            self.link.publish(self.topics.health(self.id), done, qos=1)
+            self.link.close()
         log.info("device %s done: %d frames, %s", self.id, self._frames_seen, self.health()["counters"])
         return 0

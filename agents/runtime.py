@@ -24,7 +24,7 @@ from agents.telemetry.recorder import AgentTelemetry, config_digest
 from agents.transport.chunks import Reassembler, split_message
 from agents.transport.envelope import REJECT_KINDS, Envelope, MessageError, decode
 from agents.transport.mqtt import MessageHandler, MqttLink
-from agents.transport.topics import Topics
+from agents.transport.topics import Topics, publishable
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class Agent:
             link_settings(cfg, via),
             handler,
             status_topic=self.topics.status(agent_id),
+            on_error=self._handler_failed,
         )
 
     def install_signal_handlers(self) -> None:
@@ -115,6 +116,12 @@ class Agent:
                 detail,
                 self.counters[f"rejected_{kind}"],
             )
+
+    def _handler_failed(self, topic: str, exc: Exception) -> None:
+        """A message whose handling raised what no check foresaw: counted and logged, and the agent goes on."""
+        self.reject("unexpected", f"on {topic}: {type(exc).__name__}: {exc}")
+        if self.counters["rejected_unexpected"] == 1:  # the first with its traceback, for the bug report
+            log.error("%s %s: the first unexpected error, in full", self.role, self.id, exc_info=exc)
 
     def receive(self, topic: str, payload: bytes) -> Envelope | None:
         """Decode a message, joining chunks; None when it was rejected (and counted) or more chunks are due.
@@ -157,7 +164,7 @@ class Agent:
         """Only an agent's clock topic of this deployment: a probe must not make us publish anywhere else."""
         reply_to = env.header.get("reply_to")
         prefix = f"{self.topics.root}/agents/"
-        if not isinstance(reply_to, str) or not reply_to.startswith(prefix) or not reply_to.endswith("/clock"):
+        if not publishable(reply_to) or not reply_to.startswith(prefix) or not reply_to.endswith("/clock"):
             kind = env.header.get("kind")
             raise MessageError("header", f"{kind} with reply_to {reply_to!r}, not an agent's clock topic")
 
@@ -270,6 +277,8 @@ class Agent:
             "connected": self.link.connected.is_set(),
             "counters": counters,
         }
+        if self.link.dropped_publishes:
+            counters["dropped_publishes"] = self.link.dropped_publishes
         if self.telemetry.sink is not None:
             h.update(self.telemetry.sink.status())
         if self.telemetry.errors:

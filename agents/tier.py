@@ -118,8 +118,8 @@ class TierAgent(Agent):
         try:
             if env.header.get("kind") != "request":
                 raise MessageError("header", f"expected kind 'request', got {env.header.get('kind')!r}")
-            if not isinstance(env.header.get("reply_to"), str) or not env.header["reply_to"]:
-                raise MessageError("header", "request without a reply_to topic")
+            if not self.topics.is_results(env.header.get("reply_to")):
+                raise MessageError("header", f"reply_to {env.header.get('reply_to')!r} is not a device's results topic")
             if env.header.get("encoding") == "activation":
                 item = self._split_item(env)
             else:
@@ -241,7 +241,13 @@ class TierAgent(Agent):
             if chosen is not None:
                 self._reply(env, sn.net.name, exits[chosen], pred[chosen][j], conf[chosen][j])
             elif sn.resume.until is not None:
-                header, payload = encode_activation(activation[j : j + 1], str(env.header["codec"]))
+                try:
+                    header, payload = encode_activation(activation[j : j + 1], str(env.header["codec"]))
+                except ValueError as exc:  # int8 cannot carry NaN or infinity: answer here, count it, go on
+                    self.reject("payload", f"request {env.id} not forwarded, answered here: {exc}")
+                    last = len(exits) - 1
+                    self._reply(env, sn.net.name, exits[last], pred[last][j], conf[last][j])
+                    continue
                 onward = Envelope(
                     {**_without_tensor_fields(env.header), **header, "split": sn.end, "frame_nbytes": len(item.frame)},
                     b"".join((payload, item.frame)),
@@ -255,6 +261,17 @@ class TierAgent(Agent):
             else:  # the end of the model: its final exit answers, confident or not
                 last = len(exits) - 1
                 self._reply(env, sn.net.name, exits[last], pred[last][j], conf[last][j])
+
+    def _process_guarded(self, batch: list[Item]) -> None:
+        """:meth:`process`; an error no check foresaw is counted per request (``rejected_unexpected``), not raised.
+
+        Those requests go unanswered: their devices answer them locally at the deadline.
+        """
+        try:
+            self.process(batch)
+        except Exception as exc:
+            for item in batch:
+                self._handler_failed(f"request {item.env.id}", exc)
 
     def _forward(self, env: Envelope) -> None:
         env.header["agents"] = {**_agents(env), self.tier: self.id}
@@ -308,21 +325,23 @@ class TierAgent(Agent):
         )
         self.start_clock_sync([self.tcfg.forward_to] if self.tcfg.forward_to else [])
         log.info("%s %s serving %s with %s", self.tier, self.id, sub, self.net.name)
-        while not self.stop.is_set():
-            batch = self._next_batch()
-            if batch:
-                self.process(batch)
-            self.maybe_publish_health()
-        drain_until = time.monotonic() + drain_s
-        while time.monotonic() < drain_until:
-            with self._cond:
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.tcfg.max_batch))]
-            if not batch:
-                break
-            self.process(batch)
-        self.maybe_publish_health(0)
-        self.close_telemetry()
-        self.link.close()
+        try:
+            while not self.stop.is_set():
+                batch = self._next_batch()
+                if batch:
+                    self._process_guarded(batch)
+                self.maybe_publish_health()
+            drain_until = time.monotonic() + drain_s
+            while time.monotonic() < drain_until:
+                with self._cond:
+                    batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.tcfg.max_batch))]
+                if not batch:
+                    break
+                self._process_guarded(batch)
+        finally:  # also after an error: telemetry closed, the link says "stopped"
+            self.maybe_publish_health(0)
+            self.close_telemetry()
+            self.link.close()
         log.info("%s %s stopped: %s", self.tier, self.id, dict(self.counters))
         return 0
 

@@ -90,6 +90,7 @@ def test_bad_activations_are_rejected(activation: torch.Tensor) -> None:
         {"scale": ["x"]},
         {"scale": [float("nan")]},
         {"scale": [float("inf")]},
+        {"scale": [3e38]},  # finite, but (q - zero) * scale overflows float32: the model would see NaN
     ):
         with pytest.raises(MessageError, match="int8"):
             decode_activation(Envelope({"id": "r", **header, **bad}, payload), shape)

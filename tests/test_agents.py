@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 
 from agents.transport.broker import BrokerProcess
-from agents.transport.envelope import MAGIC, Envelope, encode
+from agents.transport.envelope import MAGIC, Envelope, decode, encode
 from agents.transport.images import encode_image
+from agents.transport.mqtt import LinkSettings, MqttLink
 from tests.harness import Watcher, edge_workers, records, spawn, write_config
 
 
@@ -52,6 +53,11 @@ def _bad_messages() -> list[bytes]:
     big_png = io.BytesIO()
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(big_png, format="PNG")
     body = json.dumps({"id": "v", "nbytes": 0}).encode()
+    png = io.BytesIO()
+    Image.fromarray((np.arange(32 * 32 * 3).reshape(32, 32, 3) % 251).astype(np.uint8)).save(png, format="PNG")
+    data = png.getvalue()
+    at = data.index(b"IDAT") - 4  # the chunk's length, 8 short: Pillow reads a chunk type out of the data
+    broken_png = data[:at] + struct.pack(">I", struct.unpack(">I", data[at : at + 4])[0] - 8) + data[at + 4 :]
     return [
         b"\x00garbage\xff" * 7,
         struct.pack(">3sBI", MAGIC, 99, len(body)) + body,  # unknown schema version
@@ -62,6 +68,11 @@ def _bad_messages() -> list[bytes]:
         encode(Envelope({**good.header, "encoding": "png"}, big_png.getvalue())),  # wrong image size
         encode(Envelope({**good.header, "encoding": "jpeg"}, b"not a jpeg at all")),
         encode(Envelope({"id": "x2", "kind": "request"}, b"")),  # no reply_to
+        # Pillow raises SyntaxError("broken PNG file") for this one, which no decoder check named.
+        encode(Envelope({**good.header, "encoding": "png"}, broken_png)),
+        # Answers must go to a device's results topic: not to a wildcard, not anywhere else.
+        encode(Envelope({**good.header, "encoding": "png", "reply_to": "cascade/t/device/+/results"}, data)),
+        encode(Envelope({**good.header, "encoding": "png", "reply_to": "cascade/t/edge/requests"}, data)),
     ]
 
 
@@ -73,6 +84,8 @@ def test_bad_input_is_rejected_counted_and_valid_traffic_flows(
         bad = _bad_messages()
         for payload in bad:
             watcher.link.publish("cascade/t/edge/requests", payload, qos=1)
+        ping = {"id": "p1", "kind": "clock_ping", "agent": "x", "reply_to": "cascade/t/agents/+/clock"}
+        watcher.link.publish("cascade/t/edge/clock", encode(Envelope(ping)), qos=0)
         device = _device(tmp_path, cfg, 150)
         watcher.wait_status("dev1", b"online")
         for payload in [b"junk", *bad[:2], encode(Envelope({"id": "nobody", "kind": "result"}))]:
@@ -89,6 +102,8 @@ def test_bad_input_is_rejected_counted_and_valid_traffic_flows(
         edge_counters = watcher.health["edge-1"]["counters"]
         for kind in ("garbage", "version", "truncated", "oversized", "shape", "image", "header"):
             assert edge_counters.get(f"rejected_{kind}", 0) >= 1, (kind, edge_counters)
+        assert edge_counters["rejected_image"] >= 2 and edge_counters["rejected_header"] >= 4, edge_counters
+        assert edge_counters["rejected_unexpected"] == 0, edge_counters  # each was caught by its own check
         watcher.wait_for(lambda w: rejected(w, "dev1") >= 4, 30, "device rejections")
 
 
@@ -140,3 +155,34 @@ def test_passed_deadline_gives_the_local_answer(tmp_path: Path, broker: BrokerPr
     timeouts = [r for r in got if r["outcome"] == "timeout"]
     assert timeouts and all(r["tier"] == "device" and r["prediction"] >= 0 for r in timeouts)
     assert not [r for r in got if r["outcome"] == "remote"]
+
+
+def test_a_forged_late_reply_is_rejected_and_the_device_goes_on(
+    tmp_path: Path, broker: BrokerProcess, watcher: Watcher
+) -> None:
+    cfg = write_config(tmp_path, broker)
+    cfg.write_text(cfg.read_text().replace("deadline_ms: 3000", "deadline_ms: 1"))  # every reply comes late
+    forger = MqttLink(f"forger-{os.getpid()}", LinkSettings(host=broker.host, port=broker.port), lambda *_: None)
+
+    def forge(topic: str, payload: bytes, _props: object) -> None:
+        env = decode(payload)
+        if env.header.get("kind") == "result":  # the same reply again, its prediction unusable
+            forged = Envelope({**env.header, "prediction": None}, stamps=env.stamps)
+            forger.publish(topic, encode(forged), qos=1)
+
+    copier = MqttLink(f"copier-{os.getpid()}", LinkSettings(host=broker.host, port=broker.port), forge)
+    copier.subscribe("cascade/t/device/dev1/results")
+    for link in (forger, copier):
+        link.start()
+        assert link.wait_connected(10)
+    try:
+        with edge_workers(tmp_path, cfg, watcher):
+            assert _device(tmp_path, cfg, 100).wait(240) == 0
+        _one_answer_each(tmp_path, 100)
+        watcher.wait_for(lambda w: w.health.get("dev1", {}).get("done"), 30, "the device's last health")
+        counters = watcher.health["dev1"]["counters"]
+        assert counters["late_replies"] >= 1 and counters["rejected_header"] >= 1, counters
+        assert counters["rejected_unexpected"] == 0, counters
+    finally:
+        copier.close()
+        forger.close()

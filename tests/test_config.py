@@ -37,6 +37,9 @@ def _write(tmp_path: Path, text: str) -> Path:
         (("kind: imagefolder", "kind: carrier-pigeon"), ["devices.0.source.kind", "carrier-pigeon"]),
         (("rate: max", "rate: fixed"), ["needs 'fps'"]),
         (("deployment: demo", "deployment: 'has space'"), ["deployment", "has space"]),
+        (("deadline_ms: 2000", "deadline_ms: .inf"), ["devices.0.deadline_ms", "finite number"]),
+        (("max_wait_ms: 5", "max_wait_ms: .nan"), ["tiers.edge.max_wait_ms", "finite number"]),
+        (("offload_to: edge", "offload_to: edge\n    via: 127.0.0.1:99999"), ["devices.0.via", "1-65535"]),
     ],
 )
 def test_bad_values_name_the_key_path(tmp_path: Path, edit: tuple[str, str], needles: list[str]) -> None:
@@ -77,3 +80,11 @@ def test_check_config_command(tmp_path: Path) -> None:
         timeout=60,
     )
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+def test_a_secret_put_in_the_yaml_is_not_repeated_in_the_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD.replace("  port: 1883", "  port: 1883\n  password: hunter2-SECRET", 1))
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert "password_env" in str(info.value) and "hunter2-SECRET" not in str(info.value)
+    assert "'password': '***'" in str(info.value)

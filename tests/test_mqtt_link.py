@@ -110,3 +110,54 @@ def test_embedded_broker_when_mosquitto_is_missing(tmp_path: Path, monkeypatch: 
         finally:
             a.close()
             b.close()
+
+
+def test_a_handler_that_raises_is_reported_and_the_link_keeps_receiving(broker: BrokerProcess) -> None:
+    inbox = Inbox()
+    errors: list[tuple[str, Exception]] = []
+
+    def handler(topic: str, payload: bytes, props: Any) -> None:
+        if payload == b"boom":
+            raise SyntaxError("a decoder's idea of bad input")
+        inbox(topic, payload, props)
+
+    receiver = MqttLink(
+        "rx-raise",
+        LinkSettings(host=broker.host, port=broker.port),
+        handler,
+        on_error=lambda t, e: errors.append((t, e)),
+    )
+    receiver.start()
+    assert receiver.wait_connected(10)
+    receiver.subscribe("t/in")
+    sender = _link(broker, "tx-raise", Inbox())
+    try:
+        deliver(sender, "t/in", b"first", inbox)
+        sender.publish("t/in", b"boom")
+        deliver(sender, "t/in", b"after", inbox)  # paho's thread survived the exception
+        assert [(t, type(e)) for t, e in errors] == [("t/in", SyntaxError)]
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_a_subscription_made_while_connecting_is_sent(broker: BrokerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between the CONNACK and the end of on_connect paho is connected and our event is still clear:
+    # a topic added then is in no copy on_connect took, so it must go out at once.
+    link = MqttLink("sub-window", LinkSettings(host=broker.host, port=broker.port), Inbox())
+    sent: list[str] = []
+    monkeypatch.setattr(link.client, "is_connected", lambda: True)
+    monkeypatch.setattr(link.client, "subscribe", lambda topic, qos=0: sent.append(topic))
+    assert not link.connected.is_set()
+    link.subscribe("t/late")
+    assert sent == ["t/late"]
+
+
+def test_publishes_paho_drops_are_counted(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on: every QoS 1 message waits in paho's queue
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    link = MqttLink("qfull", LinkSettings(host="127.0.0.1", port=port), Inbox())
+    for _ in range(10_003):
+        link.publish("t/x", b"m", qos=1)
+    assert link.dropped_publishes == 3

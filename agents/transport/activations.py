@@ -46,6 +46,11 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 MAX_ACTIVATION_ELEMENTS = 64 * 1024 * 1024  # 256 MB of fp32: far above any split point, bounds allocation
 
 
+#: The largest int8 scale a frame may carry: (q - zero_point) spans at most 255 steps, so anything
+#: larger overflows float32 to infinity and the model computes NaN.
+MAX_INT8_SCALE = float(np.finfo(np.float32).max) / 256
+
+
 def encode_activation(x: Tensor, codec: str | Codec) -> tuple[dict[str, Any], Payload]:
     """Header fields and payload bytes for an activation ``x`` (float, shape ``(N, C, ...)``).
 
@@ -195,8 +200,16 @@ def _dequantize(h: dict[str, Any], q: np.ndarray, layout: str, fmt: str) -> np.n
     zero = _params(h, "zero_point", channels)
     # Plain Python over the lists: numpy's fixed cost per call would exceed the check. A NaN or
     # an infinity makes the sum non-finite, whatever the order min and max see it in.
-    if not (math.isfinite(sum(scale) + sum(zero)) and min(scale) > 0 and min(zero) >= -128 and max(zero) <= 127):
-        raise MessageError("payload", "int8 scale must be finite and positive, zero point within -128..127")
+    if not (
+        math.isfinite(sum(scale) + sum(zero))
+        and min(scale) > 0
+        and max(scale) <= MAX_INT8_SCALE
+        and min(zero) >= -128
+        and max(zero) <= 127
+    ):
+        raise MessageError(
+            "payload", f"int8 scale must be positive and at most {MAX_INT8_SCALE:.3g}, zero point within -128..127"
+        )
     from agents.transport import int8_kernels
 
     if not per_channel:  # one scale for every lane

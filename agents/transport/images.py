@@ -59,8 +59,8 @@ def decode_frame(envelope: Envelope, expected_hw: tuple[int, int] | None = None)
                 image = np.asarray(pil.convert("RGB"), dtype=np.uint8)
         except MessageError:
             raise
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise MessageError("image", f"cannot decode {encoding} payload ({exc})") from None
+        except Exception as exc:  # Pillow's decoders raise many kinds on corrupt data (SyntaxError for a PNG)
+            raise MessageError("image", f"cannot decode {encoding} payload ({type(exc).__name__}: {exc})") from None
     else:
         raise MessageError("encoding", f"expected an image (png, jpeg, raw), got {encoding!r}")
     if expected_hw is not None and (image.shape[0], image.shape[1]) != expected_hw:

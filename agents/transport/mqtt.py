@@ -10,6 +10,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ from paho.mqtt.properties import Properties
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes, Any], None]
+#: Told of an exception a handler raised (the topic, the exception); the message is then dropped.
+ErrorHandler = Callable[[str, Exception], None]
 
 
 @dataclass
@@ -57,6 +60,7 @@ class MqttLink:
         settings: LinkSettings,
         on_message: MessageHandler,
         status_topic: str | None = None,
+        on_error: ErrorHandler | None = None,
     ) -> None:
         self.settings = settings
         self.status_topic = status_topic
@@ -67,6 +71,9 @@ class MqttLink:
         self._subscriptions: dict[str, int] = {}
         self._lock = threading.Lock()
         self._handler = on_message
+        self._on_error = on_error
+        self.dropped_publishes = 0  # paho's queue was full (the broker away for 10,000 messages)
+        self._last_drop_log = 0.0
         protocol = mqtt.MQTTv5 if settings.protocol == 5 else mqtt.MQTTv311
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
         self.client.on_connect = self._on_connect
@@ -109,7 +116,10 @@ class MqttLink:
         """Subscribe now (if connected) and again after every reconnect."""
         with self._lock:
             self._subscriptions[topic] = qos
-        if self.connected.is_set():
+        # paho's state, not our event: between the CONNACK and the end of on_connect (which subscribes to a
+        # copy of the list) the event is still clear, and a topic added then would wait for a reconnect.
+        # Subscribing twice is harmless.
+        if self.client.is_connected():
             self.client.subscribe(topic, qos)
 
     def publish(
@@ -133,7 +143,13 @@ class MqttLink:
                 props.MessageExpiryInterval = max(1, int(expiry_s))
             if response_topic:
                 props.ResponseTopic = response_topic
-        self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # dropped by paho: count it, say so (at most once a second)
+            self.dropped_publishes += 1
+            now = time.monotonic()
+            if now - self._last_drop_log >= 1.0:
+                self._last_drop_log = now
+                log.error("publish to %s dropped: paho's queue is full [%d dropped]", topic, self.dropped_publishes)
 
     def close(self, final_status: bytes = b"stopped", timeout: float = 3.0) -> None:
         """Publish the final status (retained), disconnect cleanly and stop the network thread."""
@@ -171,4 +187,10 @@ class MqttLink:
             log.warning("disconnected from broker (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._handler(message.topic, bytes(message.payload), message.properties)
+        try:
+            self._handler(message.topic, bytes(message.payload), message.properties)
+        except Exception as exc:  # raised on paho's thread, it would end it: the agent would stay online, deaf
+            if self._on_error is not None:
+                self._on_error(message.topic, exc)
+            else:
+                log.exception("message on %s dropped: its handler raised", message.topic)

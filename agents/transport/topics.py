@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
+
+#: The longest topic MQTT allows (its length is a two-byte field).
+MAX_TOPIC_BYTES = 65535
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,14 @@ class Topics:
         """Live JSON status of one agent, every few seconds (counters, queue depth, frames/s)."""
         return f"{self.root}/agents/{agent_id}/health"
 
+    def is_results(self, topic: object) -> bool:
+        """Whether ``topic`` is a device's results topic of this deployment (where a request may ask for its answer)."""
+        if not publishable(topic):
+            return False
+        prefix, suffix = f"{self.root}/device/", "/results"
+        middle = topic[len(prefix) : -len(suffix)] if topic.startswith(prefix) and topic.endswith(suffix) else ""
+        return bool(middle) and "/" not in middle
+
     def clock(self, tier: str) -> str:
         """Clock pings for every worker of a tier (each answers on the sender's clock reply topic)."""
         return f"{self.root}/{tier}/clock"
@@ -51,3 +63,8 @@ class Topics:
     def control(self, *parts: str) -> str:
         """Retained control messages (plans, thresholds)."""
         return "/".join([self.root, "control", *parts])
+
+
+def publishable(topic: object) -> TypeGuard[str]:
+    """Whether a topic a message names (``reply_to``) is one we can publish to: a non-empty string, no wildcards."""
+    return isinstance(topic, str) and 0 < len(topic.encode()) <= MAX_TOPIC_BYTES and not any(c in topic for c in "+#\0")
