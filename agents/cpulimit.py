@@ -3,7 +3,9 @@
 The quota goes through the kernel's CFS bandwidth control, in a cgroup of its own per
 agent process: cgroup v2 ``cpu.max`` where the cpu controller is on the unified
 hierarchy, else cgroup v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``. A quota of 0.5
-means half of one core's time per 100 ms period, over all the process's threads.
+means half of one core's time per 100 ms period, over all the process's threads. The
+kernel gives a group at least 1 ms per period, so quotas below :data:`MIN_QUOTA`
+(0.01 core) are refused rather than silently raised to it.
 Creating a cgroup needs root or a delegated subtree; under systemd the unit's own
 ``CPUQuota=`` (or ``systemd-run --scope -p CPUQuota=50% ...``) does the same without it.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
+#: The smallest quota, in cores: the kernel's minimum of 1000 µs of CPU per period of :data:`PERIOD_US`.
+MIN_QUOTA = 1000 / PERIOD_US
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,29 @@ def parse_cores(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(cores)))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: a process started under ``taskset`` (or in a cpuset) gets fewer."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def check_limits(limits: CpuLimits, what: str) -> None:
     """Refuse impossible limits before touching anything."""
-    available = os.cpu_count() or 1
-    if limits.quota is not None and not 0 < limits.quota <= available:
-        raise UserError(f"{what}: CPU quota {limits.quota:g} is not within (0, {available}] (this host's cores)")
+    available = os.cpu_count() or 1  # cores that exist: pinning may widen the affinity this process started with
+    if limits.quota is not None:
+        usable = usable_cores()
+        if not math.isfinite(limits.quota):
+            raise UserError(f"{what}: CPU quota {limits.quota:g} is not a number of cores")
+        if limits.quota > usable:
+            raise UserError(
+                f"{what}: CPU quota {limits.quota:g} is more than the {usable} core(s) this process may use"
+            )
+        if limits.quota < MIN_QUOTA:
+            raise UserError(
+                f"{what}: CPU quota {limits.quota:g} is below {MIN_QUOTA:g} core (the kernel's least CFS quota, "
+                f"1 ms per {PERIOD_US // 1000} ms period)"
+            )
     if limits.cores is not None:
         bad = [c for c in limits.cores if not 0 <= c < available]
         if bad:
@@ -90,7 +113,7 @@ def apply_limits(limits: CpuLimits, name: str, root: Path = CGROUP_ROOT) -> None
 
 
 def _cgroup_quota(quota: float, group: str, root: Path) -> None:
-    quota_us = max(1000, round(quota * PERIOD_US))
+    quota_us = round(quota * PERIOD_US)  # check_limits refused anything under the kernel's 1000 µs
     v1 = root / "cpu"
     v2_controllers = root / "cgroup.controllers"
     try:

@@ -7,6 +7,7 @@ mosquitto on a free loopback port and a fresh run directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -14,14 +15,18 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from tqdm import tqdm
 
-from agents.config import DeploymentConfig, load_config
+from agents.config import DeploymentConfig, format_errors, load_config
 from agents.datasets import SAMPLE_TAR
 from agents.errors import UserError
 from agents.records import read_records
@@ -69,8 +74,41 @@ def demo_config(base: Path, run_dir: Path, broker: BrokerProcess, args: argparse
     if args.influx_url:
         influx = {"url": args.influx_url, "database": args.influx_db}
         raw["telemetry"] = {**raw.get("telemetry", {}), "influx": influx}
-    DeploymentConfig.model_validate(raw)
+    try:
+        DeploymentConfig.model_validate(raw)
+    except ValidationError as exc:  # a flag out of range (--threshold 1.5, --codec bogus): one line, not a traceback
+        raise UserError(f"the options do not fit {format_errors(base, exc)}") from None
     return raw
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """While inside, SIGTERM raises ``SystemExit(143)`` in the main thread; the previous handler is restored after.
+
+    The commands that start a broker and agents stop them in ``finally:``, which the default
+    SIGTERM action (exit at once) skips: ``kill``, systemd or a CI timeout would leave them
+    running. Only the first SIGTERM raises: a second one must not cut that cleanup short.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers are the main thread's alone
+        yield
+        return
+    fired = False
+
+    def _exit(signum: int, _frame: FrameType | None) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    except SystemExit:
+        if fired:
+            print("cascade: terminated; its broker and agents are stopped", file=sys.stderr)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _prepare_influx(cfg: DeploymentConfig) -> InfluxTarget | None:
@@ -108,16 +146,22 @@ def spawn_agent(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """The ``cascade demo`` command."""
+    """The ``cascade demo`` command (SIGTERM stops its broker and agents, like Ctrl-C)."""
+    with sigterm_exits():
+        return _run_demo(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     base = Path(args.config) if args.config else DEMO_CONFIG
     load_config(base)  # a bad base config fails here, with its own file name in the message
-    broker = start_any_broker(run_dir / "broker")
+    broker: BrokerProcess | None = None
     procs: dict[str, subprocess.Popen[bytes]] = {}
     influx: InfluxTarget | None = None
     started_ns = 0
     try:
+        broker = start_any_broker(run_dir / "broker")
         raw = demo_config(base, run_dir, broker, args)
         cfg_path = run_dir / "deployment.yaml"
         cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -166,7 +210,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 code = p.wait()
             if code != 0:
                 log.warning("%s exited with status %s (see %s)", name, code, run_dir / f"{name}.log")
-        broker.stop()
+        if broker is not None:
+            broker.stop()
     summary = summarize(read_records(run_dir), args.frames)
     summary["run_dir"] = str(run_dir)
     print(format_summary(summary))
@@ -219,18 +264,16 @@ def _follow(events: queue.Queue[tuple[str, bytes]], proc: subprocess.Popen[bytes
         except queue.Empty:
             continue
         if topic.endswith(f"/agents/{device}/health"):
-            try:
+            try:  # progress only: a malformed health message (or "answered": Infinity) is skipped, never raised
                 h = json.loads(payload)
-            except json.JSONDecodeError:
+                answered = int(h.get("answered", 0))
+                c = h.get("counters", {})
+                offloaded, timeouts = c.get("offloaded", 0), c.get("answered_timeout", 0)
+            except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):
                 continue
-            bar.n = int(h.get("answered", 0))
-            c = h.get("counters", {})
+            bar.n = answered
             bar.set_postfix(
-                fps=h.get("fps"),
-                in_flight=h.get("in_flight"),
-                offloaded=c.get("offloaded", 0),
-                timeouts=c.get("answered_timeout", 0),
-                refresh=False,
+                fps=h.get("fps"), in_flight=h.get("in_flight"), offloaded=offloaded, timeouts=timeouts, refresh=False
             )
             bar.refresh()
     bar.n = frames

@@ -82,7 +82,7 @@ class StatusBoard:
             if not isinstance(health, dict) or not isinstance(health.get("counters", {}), dict):
                 raise ValueError("not a health object")
             handled = _handled(health)
-        except (ValueError, TypeError, UnicodeDecodeError):
+        except (ValueError, TypeError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[... nested deep
             with self._lock:
                 self.malformed += 1
             return
@@ -129,12 +129,27 @@ class StatusBoard:
         return sorted(out, key=lambda r: (order.get(str(r["role"]), 3), str(r["role"]), r["agent"]))
 
 
+#: Counts beyond this are not counts: a rate computed from one would overflow a float.
+MAX_COUNT = 2**53
+
+
+def _count(value: Any) -> int:
+    """A counter from a health message as an int; ValueError for what is not one (Infinity, NaN, 1e400, -1)."""
+    try:
+        n = int(value)
+    except OverflowError:  # int(Infinity): JSON from json.loads may hold it
+        raise ValueError(f"{value!r} is not a count") from None
+    if not 0 <= n <= MAX_COUNT:
+        raise ValueError(f"{value!r} is not a count")
+    return n
+
+
 def _handled(health: dict[str, Any]) -> int:
     """Frames an agent has finished: a device's answers of every outcome, a tier's answers and forwards."""
     counters = health.get("counters", {})
     if "answered" in health:  # a device's total
-        return int(health["answered"])
-    return int(counters.get("answered", 0)) + int(counters.get("forwarded", 0))
+        return _count(health["answered"])
+    return _count(counters.get("answered", 0)) + _count(counters.get("forwarded", 0))
 
 
 def _number(value: Any) -> int | float | None:

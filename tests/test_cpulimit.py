@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.cpulimit import CGROUP_ROOT, CpuLimits, apply_limits, check_limits, parse_cores
+from agents.cpulimit import CGROUP_ROOT, MIN_QUOTA, CpuLimits, apply_limits, check_limits, parse_cores, usable_cores
 from agents.errors import UserError
 from agents.transport.broker import BrokerProcess
 from tests.harness import write_config
@@ -25,13 +25,47 @@ def test_parse_cores() -> None:
 
 def test_impossible_limits_are_refused() -> None:
     n = os.cpu_count() or 1
-    with pytest.raises(UserError, match="not within"):
-        check_limits(CpuLimits(quota=n + 1), "device dev1")
+    with pytest.raises(UserError, match="more than the"):
+        check_limits(CpuLimits(quota=len(os.sched_getaffinity(0)) + 1), "device dev1")
+    for quota in (0.0, -1.0, 0.005):
+        with pytest.raises(UserError, match=r"below 0\.01 core"):
+            check_limits(CpuLimits(quota=quota), "device dev1")
+    with pytest.raises(UserError, match="not a number of cores"):
+        check_limits(CpuLimits(quota=float("nan")), "device dev1")
+    check_limits(CpuLimits(quota=MIN_QUOTA), "device dev1")
     with pytest.raises(UserError, match="do not exist"):
         check_limits(CpuLimits(cores=(n + 3,)), "device dev1")
     if n >= 2:
         with pytest.raises(UserError, match="more than the 1 pinned"):
             check_limits(CpuLimits(quota=1.5, cores=(0,)), "device dev1")
+
+
+def test_the_quota_bound_is_the_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As under `taskset -c 0`: one core to use, however many the host has (os.cpu_count() counts them all).
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert usable_cores() == 1
+    with pytest.raises(UserError, match="more than the 1 core"):
+        check_limits(CpuLimits(quota=1.5), "device dev1")
+    check_limits(CpuLimits(quota=1.0), "device dev1")
+
+
+def _fake_v2(root: Path) -> Path:
+    """A cgroup v2-shaped directory with the cpu controller (plain files: nothing is enforced)."""
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory\n")
+    (root / "cgroup.procs").write_text("")
+    return root
+
+
+def test_a_small_quota_is_exact_or_refused(tmp_path: Path) -> None:
+    """0.015 core is 1500 µs per 100 ms period; 0.005 (under the kernel's 1000 µs) is refused, not raised to 0.01."""
+    root = _fake_v2(tmp_path / "v2")
+    apply_limits(CpuLimits(quota=0.015), "small", root=root)
+    (group,) = (root / "cascade").glob("small-*")
+    assert (group / "cpu.max").read_text() == "1500 100000"
+    with pytest.raises(UserError, match=r"below 0\.01 core"):
+        apply_limits(CpuLimits(quota=0.005), "tiny", root=root)
+    assert not list((root / "cascade").glob("tiny-*"))
 
 
 def test_no_permission_says_what_is_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,4 +110,4 @@ def test_a_real_quota_holds_a_busy_process() -> None:
 def test_cli_refuses_an_impossible_quota(tmp_path: Path, broker: BrokerProcess) -> None:
     cfg = write_config(tmp_path, broker)
     proc = cascade("device", "--config", str(cfg), "--id", "dev1", "--frames", "1", "--cpu-quota", "64")
-    assert_one_line_error(proc, "CPU quota 64", "this host's cores")
+    assert_one_line_error(proc, "CPU quota 64", "more than the", "core(s) this process may use")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ from agents.datasets import SAMPLE_TAR
 from agents.telemetry.influxd import InfluxServer
 from agents.transport.broker import BrokerProcess
 from tests.harness import Watcher, edge_workers, records, spawn, write_config
+from tests.test_cli_errors import assert_one_line_error, cascade
 
 
 def run_demo_command(tmp: Path, *args: str) -> tuple[dict[str, Any], str]:
@@ -124,3 +130,96 @@ def test_demo_sends_its_telemetry_to_influxdb(tmp_path: Path, influx: InfluxServ
     runs = influx.query('SELECT "model", "config_digest" FROM "runs"', "demo_t")["results"][0]["series"][0]["values"]
     assert {r[1] for r in runs} == {"device-small", "edge-medium", "cloud-large"} and len({r[2] for r in runs}) == 1
     assert influx.count("demo_t", "clocks", "samples") >= 3  # device→edge, device→cloud, edge→cloud
+
+
+def _parents() -> dict[int, int]:
+    """Every process's parent, from /proc."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except (OSError, IndexError):
+            continue
+        out[int(stat.parent.name)] = int(fields[1])
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid``: its children, theirs, and so on."""
+    parents = _parents()
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def sigterm_stops_everything(tmp: Path, args: list[str], ready: Callable[[], bool], least: int) -> str:
+    """Run ``cascade ARGS``; once ``ready()``, SIGTERM it alone: it must exit 143 with none of its processes left.
+
+    What it printed is returned. Processes that outlive it (the bug) are killed here, by pid.
+    """
+    with (tmp / "command.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 180
+        while not ready():
+            assert proc.poll() is None, (tmp / "command.log").read_text()
+            assert time.monotonic() < deadline, "never ready: " + (tmp / "command.log").read_text()
+            time.sleep(0.2)
+        time.sleep(1.0)  # a second of frames
+        children = _descendants(proc.pid)
+        assert len(children) >= least, children
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        time.sleep(0.2)
+        left = {pid for pid in children if _running(pid)}
+        assert not left, f"left running after SIGTERM: {left}"
+        assert code == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in children:
+            if _running(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    return (tmp / "command.log").read_text()
+
+
+def test_sigterm_stops_the_demo_broker_and_agents(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    out = sigterm_stops_everything(
+        tmp_path,
+        ["demo", "--frames", "100000", "--run-dir", str(run)],
+        lambda: (run / "device.log").exists(),
+        least=4,  # mosquitto, cloud, edge, device
+    )
+    assert "cascade: terminated" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--threshold", "1.5"], ["devices.0.threshold", "less than or equal to 1", "1.5"]),
+        (["--split", "2", "--codec", "bogus"], ["devices.0.codec", "'bogus'"]),
+    ],
+)
+def test_bad_demo_flags_are_one_line_errors(tmp_path: Path, flags: list[str], needles: list[str]) -> None:
+    proc = cascade("demo", *flags, "--frames", "10", "--run-dir", str(tmp_path / "run"))
+    assert_one_line_error(proc, "the options do not fit", *needles)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import paho.mqtt.publish as publish
+import pytest
 
 from agents.status import StatusBoard, render
 from agents.transport.broker import BrokerProcess
+from agents.transport.mqtt import LinkSettings, MqttLink
 from tests.harness import Watcher, edge_workers, records, spawn, stop, write_config
 
 ROOT = "cascade/t/agents"
@@ -66,6 +71,48 @@ def test_board_states_rates_and_columns() -> None:
     assert table[0].split()[:3] == ["agent", "role", "state"]
     assert table[1].split()[:3] == ["dev1", "device", "stopped"]
     assert table[3].split()[:2] == ["cloud-1", "-"]  # no health yet: nothing but its availability
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b'{"answered": Infinity}',
+        b'{"answered": -Infinity}',
+        b'{"answered": NaN}',
+        b'{"answered": 1e400}',  # a float beyond the largest: infinity
+        b'{"answered": -3}',
+        b'{"counters": {"answered": Infinity}}',
+        b'{"counters": {"forwarded": 1' + b"0" * 400 + b"}}",  # an int a rate would overflow a float on
+        b"[" * 100_000,  # nested past the recursion limit
+    ],
+)
+def test_health_that_is_not_counts_is_counted_not_raised(junk: bytes) -> None:
+    board = StatusBoard("t")
+    board.feed(f"{ROOT}/evil/health", junk, now=1.0)
+    board.feed(f"{ROOT}/evil/health", junk, now=2.0)
+    assert board.malformed == 2 and board.rows(now=2.0) == []
+
+
+def test_the_watcher_survives_an_infinite_count(broker: BrokerProcess) -> None:
+    """Through a real broker: after ``"answered": Infinity`` the board still takes the next agent's health."""
+    board = StatusBoard("t")
+    link = MqttLink("status-test", LinkSettings(host=broker.host, port=broker.port), lambda t, p, _: board.feed(t, p))
+    link.subscribe(f"{ROOT}/+/health", qos=0)
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        time.sleep(0.3)  # the subscription, made on connect, in place
+        publish.single(f"{ROOT}/evil/health", b'{"answered": Infinity}', hostname=broker.host, port=broker.port)
+        publish.single(
+            f"{ROOT}/dev1/health", _health(role="device", answered=3), hostname=broker.host, port=broker.port
+        )
+        deadline = time.monotonic() + 5
+        while not board.rows() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [(r["agent"], r["answered"]) for r in board.rows()] == [("dev1", 3)]
+        assert board.malformed == 1
+    finally:
+        link.close()
 
 
 def _status(cfg: Path, *extra: str) -> subprocess.CompletedProcess[str]:

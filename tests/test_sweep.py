@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from agents.config import load_config
 from agents.cpulimit import CGROUP_ROOT
 from agents.errors import UserError
 from agents.sweep.grid import GridContext, LinkSpec, Point, grid_context, grid_points, load_grid
+from tests.test_cli_errors import assert_one_line_error
+from tests.test_demo import sigterm_stops_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "config" / "demo.yaml"
@@ -44,12 +47,32 @@ def _grid(tmp_path: Path, text: str) -> Path:
         ("grid: {link: [{delay_ms: -8}]}", ["grid.link.0.delay_ms", "greater than or equal to 0"]),
         ("grid: {link: [{rate_mbit: 10, bandwidth: 3}]}", ["grid.link.0.bandwidth", "Extra inputs"]),
         ("grid: {cpu_quota: [0.5, 3]}", ["grid.cpu_quota", "more than the 2 core(s)"]),
-        ("grid: {cpu_quota: [-0.5]}", ["grid.cpu_quota.0", "greater than 0"]),
+        ("grid: {cpu_quota: [-0.5]}", ["grid.cpu_quota.0", "greater than or equal to 0.01"]),
         ("grid: {threshold: [0.5, 1.5]}", ["grid.threshold.1", "less than or equal to 1"]),
         ("grid: {split: [null, 4]}", ["grid.split", "outside device-small's range: 1..3"]),
         ("grid: {split: [0]}", ["grid.split.0", "greater than or equal to 1"]),
         ("grid: {codec: [fp32, fp7]}", ["grid.codec", "unknown activation codec 'fp7'"]),
         ("grid: {threshold: [0.5, 0.5]}", ["grid.threshold", "appears twice"]),
+        # Numbers must be numbers: `true` is not 1.0 and '0.5' is not 0.5.
+        ("grid: {threshold: [true]}", ["grid.threshold.0", "not a boolean"]),
+        ("grid: {threshold: [0.5, '0.7']}", ["grid.threshold.1", "not text"]),
+        ("grid: {split: [true]}", ["grid.split.0", "not a boolean"]),
+        ("grid: {split: ['2']}", ["grid.split.0", "not text"]),
+        ("grid: {split: [1.5]}", ["grid.split.0", "valid integer"]),
+        ("grid: {cpu_quota: [true]}", ["grid.cpu_quota.0", "not a boolean"]),
+        ("grid: {link: [{rate_mbit: true}]}", ["grid.link.0.rate_mbit", "not a boolean"]),
+        ("grid: {link: [{delay_ms: '8'}]}", ["grid.link.0.delay_ms", "not text"]),
+        ("grid: {link: [{jitter_ms: false}]}", ["grid.link.0.jitter_ms", "not a boolean"]),
+        ("grid: {link: [{loss: '0.1'}]}", ["grid.link.0.loss", "not text"]),
+        ("frames: true", ["frames", "not a boolean"]),
+        ("grid: {link: [{rate_mbit: 1e3}]}", ["grid.link.0.rate_mbit", "write 1.0e3"]),  # YAML 1.1 reads text
+        # No infinity or NaN (agents.config.Strict, the base of the grid's models).
+        ("grid: {link: [{rate_mbit: .inf}]}", ["grid.link.0.rate_mbit", "finite number"]),
+        ("grid: {link: [{delay_ms: .nan}]}", ["grid.link.0.delay_ms", "finite number"]),
+        ("grid: {threshold: [.nan]}", ["grid.threshold.0", "finite number"]),
+        ("grid: {cpu_quota: [.inf]}", ["grid.cpu_quota.0", "finite number"]),
+        # Under the kernel's least CFS quota (1 ms per 100 ms period): refused, not raised to 0.01.
+        ("grid: {cpu_quota: [0.005]}", ["grid.cpu_quota.0", "greater than or equal to 0.01"]),
         ("grid: {threshold: []}", ["grid.threshold", "at least 1"]),
         ("frames: 0", ["frames", "greater than or equal to 1"]),
         ("- 1\n- 2", ["expected a mapping"]),
@@ -70,7 +93,17 @@ def test_missing_grid_file(tmp_path: Path) -> None:
 
 def test_context_comes_from_the_config() -> None:
     ctx = grid_context(load_config(DEMO))
-    assert ctx.model == "device-small" and ctx.stages == 4 and ctx.cores == (os.cpu_count() or 1)
+    assert ctx.model == "device-small" and ctx.stages == 4 and ctx.cores == len(os.sched_getaffinity(0))
+
+
+def test_quota_bound_is_the_cores_this_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As under `taskset -c 0`: one core to use, however many the host has.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    ctx = grid_context(load_config(DEMO))
+    assert ctx.cores == 1
+    with pytest.raises(UserError, match="more than the 1 core"):
+        load_grid(_grid(tmp_path, "grid: {cpu_quota: [1.5]}"), ctx)
+    assert load_grid(_grid(tmp_path, "grid: {cpu_quota: [0.01, 1]}"), ctx).grid.cpu_quota == [0.01, 1.0]
 
 
 def test_points_are_the_product_with_config_defaults(tmp_path: Path) -> None:
@@ -220,3 +253,104 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monke
     assert deployment["devices"][0]["threshold"] == 0.8
     # One host, one clock: no clock pings or probe trains beside the frames measured.
     assert not deployment["telemetry"]["clock"]["enabled"] and not deployment["telemetry"]["bandwidth"]["enabled"]
+
+
+def _args(tmp: Path, **overrides: Any) -> argparse.Namespace:
+    """``cascade sweep`` options as the parser gives them, for a grid at ``tmp/grid.yaml``."""
+    args = {
+        "config": None,
+        "grid": str(tmp / "grid.yaml"),
+        "json": str(tmp / "s.json"),
+        "plots": None,
+        "frames": None,
+        "resume": False,
+        "source": None,
+        "run_dir": None,
+        "point_timeout": 600.0,
+    }
+    return argparse.Namespace(**{**args, **overrides})
+
+
+@pytest.fixture
+def fake_points(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Points "measured" at once, without processes; the labels of those run, in order."""
+    from agents.sweep.runner import SweepSession
+
+    ran: list[str] = []
+
+    def run_point(self: SweepSession, point: Point, point_dir: Path, progress: object = None) -> dict[str, Any]:
+        ran.append(point.label())
+        return {"status": "ok", "reason": None, "params": point.params(), "label": point.label(), "frames": 5}
+
+    monkeypatch.setattr(SweepSession, "run_point", run_point)
+    monkeypatch.setattr("agents.sweep.command.PROBE_S", 0.01)
+    return ran
+
+
+def test_resume_after_the_grid_changed_names_points_in_its_order(tmp_path: Path, fake_points: list[str]) -> None:
+    from agents.sweep.command import run_sweep
+
+    _grid(tmp_path, "frames: 5\ngrid: {threshold: [0.5, 0.9]}")
+    assert run_sweep(_args(tmp_path)) == 0
+    _grid(tmp_path, "frames: 5\ngrid: {threshold: [0.3, 0.5, 0.9]}")
+    fake_points.clear()
+    assert run_sweep(_args(tmp_path, resume=True)) == 0
+    assert fake_points == ["t=0.3 frame"]  # the two others were measured already
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert [(r["point"], r["params"]["threshold"]) for r in out["results"]] == [
+        ("p000", 0.3),
+        ("p001", 0.5),
+        ("p002", 0.9),
+    ]
+    assert [r["point"] for r in csv.DictReader((tmp_path / "s.csv").open())] == ["p000", "p001", "p002"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"plots": "a-file"}, "--plots"),
+        ({"plots": "a-file/plots"}, "--plots"),
+        ({"json": "a-dir.json"}, "is a directory"),
+        ({"json": "a-file/s.json"}, "--json"),
+        ({"run_dir": "a-file"}, "--run-dir"),
+        ({"point_timeout": float("nan")}, "--point-timeout nan"),
+        ({"point_timeout": float("inf")}, "--point-timeout inf"),
+        ({"point_timeout": 0.0}, "--point-timeout 0"),
+    ],
+)
+def test_bad_outputs_and_options_are_refused_before_any_point(
+    tmp_path: Path, fake_points: list[str], overrides: dict[str, Any], needle: str
+) -> None:
+    from agents.sweep.command import run_sweep
+
+    _grid(tmp_path, "frames: 5\ngrid: {threshold: [0.5, 0.9]}")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-dir.json").mkdir()
+    paths = {k: str(tmp_path / v) if isinstance(v, str) else v for k, v in overrides.items()}
+    with pytest.raises(UserError, match=re.escape(needle)):
+        run_sweep(_args(tmp_path, **paths))
+    assert fake_points == []
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_cli_refuses_a_plots_path_that_is_a_file(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, "frames: 5")
+    (tmp_path / "plots").write_text("not a directory")
+    proc = _cascade(
+        "sweep", "--grid", str(grid), "--json", str(tmp_path / "s.json"), "--plots", str(tmp_path / "plots")
+    )
+    assert_one_line_error(proc, "--plots", "is a file")
+    assert not (tmp_path / "s-runs").exists() and not (tmp_path / "s.jsonl").exists()
+
+
+def test_sigterm_stops_the_sweep_broker_link_and_agents(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, "frames: 100000\ngrid: {link: [{delay_ms: 1}]}")
+    runs = tmp_path / "s-runs"
+    out = sigterm_stops_everything(
+        tmp_path,
+        ["sweep", "--grid", str(grid), "--json", str(tmp_path / "s.json")],
+        lambda: any(runs.glob("p000-*/device.log")),
+        least=5,  # mosquitto, link, edge, cloud, device
+    )
+    assert "cascade: terminated" in out and "Traceback" not in out
+    assert not (tmp_path / "s.json").exists()

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from agents.config import load_config
-from agents.demo import DEMO_CONFIG
+from agents.demo import DEMO_CONFIG, sigterm_exits
 from agents.errors import UserError
 from agents.profiling.steadiness import SpeedMeter, unsteady
 from agents.report.rundir import read_jsonl
@@ -112,16 +113,25 @@ def _config_digest(cfg_text: dict[str, Any]) -> str:
 
 
 def _outputs(args: argparse.Namespace) -> tuple[Path, Path, Path, Path]:
+    """Every output path checked, and its directories made, before the first point: not after an hour of them."""
     out = Path(args.json)
     if out.suffix.lower() != ".json":
         raise UserError(f"--json {out}: expected a file name ending in .json (the .jsonl and .csv go beside it)")
+    jsonl, csv_path = out.with_suffix(".jsonl"), out.with_suffix(".csv")
+    for f in (out, jsonl, csv_path):
+        if f.is_dir():
+            raise UserError(f"--json {out}: {f} is a directory, not a file the sweep can write")
     root = Path(args.run_dir) if args.run_dir else out.with_name(f"{out.stem}-runs")
-    for d in (out.parent, root):
+    dirs = [(out.parent, "--json"), *([(Path(args.plots), "--plots")] if args.plots else []), (root, "--run-dir")]
+    for d, option in dirs:
+        if d.exists() and not d.is_dir():
+            raise UserError(f"{option} {d}: is a file; the sweep needs a directory there")
+    for d, option in dirs:
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"{d}: cannot create the output directory ({exc.strerror})") from None
-    return out, out.with_suffix(".jsonl"), out.with_suffix(".csv"), root.resolve()
+            raise UserError(f"{option} {d}: cannot create the output directory ({exc.strerror})") from None
+    return out, jsonl, csv_path, root.resolve()
 
 
 def _done(jsonl: Path) -> dict[str, dict[str, Any]]:
@@ -133,7 +143,12 @@ def _done(jsonl: Path) -> dict[str, dict[str, Any]]:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    """The ``cascade sweep`` command."""
+    """The ``cascade sweep`` command (SIGTERM stops its broker, link and agents, like Ctrl-C)."""
+    with sigterm_exits():
+        return _run_sweep(args)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
     base = Path(args.config) if args.config else DEMO_CONFIG
     cfg = load_config(base)
     grid = load_grid(args.grid, grid_context(cfg))
@@ -142,8 +157,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         raise UserError(f"--frames {frames}: must be at least 1")
     if args.source and not Path(args.source).exists():
         raise UserError(f"--source {args.source}: no such file or directory")
-    if args.point_timeout <= 0:
-        raise UserError(f"--point-timeout {args.point_timeout:g}: must be positive")
+    if not (math.isfinite(args.point_timeout) and args.point_timeout > 0):  # nan passes `<= 0`; inf never ends
+        raise UserError(f"--point-timeout {args.point_timeout:g}: must be a positive number of seconds")
     points = grid_points(grid.grid, cfg.devices[0])
     out, jsonl, csv_path, root = _outputs(args)
     digest = _config_digest(
@@ -187,7 +202,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         session.close()
-    results = [done[k] for k in keys]
+    # Named by the current grid's order: after the grid file changed, results measured under
+    # an earlier grid carry the name of their place there (their run directories keep it).
+    results = [{**done[k], "point": _name(i)} for i, k in enumerate(keys)]
     plots = draw_plots(results, Path(args.plots)) if args.plots else {}
     write_csv(results, csv_path)
     failed = [r for r in results if r["status"] != "ok"]
@@ -227,8 +244,13 @@ def run_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _name(index: int) -> str:
+    """A point's name: its place in the grid, p000 first."""
+    return f"p{index:03d}"
+
+
 def _run_one(session: SweepSession, point: Point, index: int, key: str, root: Path, bar: tqdm[Any]) -> dict[str, Any]:
-    name = f"p{index:03d}"
+    name = _name(index)
     bar.set_postfix_str(f"{name} {point.label()}", refresh=True)
 
     def progress(answered: int) -> None:

@@ -12,8 +12,9 @@ grid:
 
 An axis left out takes the deployment's own value. Unknown keys and impossible values
 (a negative rate or delay, a threshold outside [0, 1], a split outside the device
-model's range, an unknown codec, a CPU quota above the cores there are) are errors
-naming the key path, raised before anything starts.
+model's range, an unknown codec, a CPU quota below 0.01 or above the cores this
+process may use) are errors naming the key path, raised before anything starts. Numbers
+must be written as numbers: ``true`` or ``'0.5'`` where one is expected is an error, not 1.0 or 0.5.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator
 
-from agents.config import DeploymentConfig, DeviceConfig, Probability, Strict, format_errors, read_yaml_mapping
+from agents.config import DeploymentConfig, DeviceConfig, Strict, format_errors, read_yaml_mapping
+from agents.cpulimit import MIN_QUOTA, usable_cores
 from agents.errors import UserError
 from agents.transport.codecs import parse_codec
 
@@ -42,17 +44,40 @@ class GridContext:
     cores: int
 
 
+#: An exponent without a dot (1e-3): YAML 1.1, which PyYAML reads, takes it for text.
+_EXPONENT = re.compile(r"([-+]?[0-9]+)([eE][-+]?[0-9]+)")
+
+
+def _no_bool_or_text(value: Any) -> Any:
+    """Refuse what a lax number field would convert: ``true`` is 1, ``'0.5'`` is 0.5, silently."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    if isinstance(value, str):
+        m = _EXPONENT.fullmatch(value)
+        hint = f": YAML reads an exponent without a dot as text, write {m[1]}.0{m[2]}" if m else ""
+        raise ValueError(f"expected a number, not text{hint}")
+    return value
+
+
+# Strict, unlike the deployment's own fields, where a grid's `true` would run as 1.0 (or split 1) and `'0.5'`
+# as 0.5: what a sweep measures must be what its file says. An int is still a number; 2.0 is not a count.
+Number = Annotated[float, BeforeValidator(_no_bool_or_text), Field(strict=True)]
+Count = Annotated[int, BeforeValidator(_no_bool_or_text), Field(strict=True)]
+
+
 class LinkSpec(Strict):
     """One setting of the emulated device ↔ broker link (``cascade link``), both directions."""
 
-    rate_mbit: float | None = Field(None, gt=0, description="bandwidth in Mbit/s; none: not limited")
-    delay_ms: float = Field(0.0, ge=0, description="added one-way delay, ms")
-    jitter_ms: float = Field(0.0, ge=0, description="delay jitter, ms")
-    loss: float = Field(0.0, ge=0, lt=1, description="probability per segment of a loss (TCP recovers: a delay)")
+    rate_mbit: Number | None = Field(None, gt=0, description="bandwidth in Mbit/s; none: not limited")
+    delay_ms: Number = Field(0.0, ge=0, description="added one-way delay, ms")
+    jitter_ms: Number = Field(0.0, ge=0, description="delay jitter, ms")
+    loss: Number = Field(0.0, ge=0, lt=1, description="probability per segment of a loss (TCP recovers: a delay)")
 
     def cli_args(self) -> list[str]:
         """The ``cascade link`` options for this setting (those left at their neutral value omitted)."""
-        args: list[str] = ["--seed", "0"]  # the same jitter and loss draws at every point
+        # A fixed seed makes a link process's draws repeatable from its start; a link process kept across
+        # points does not restart them per point (docs/experiment.md, "How far to trust the figures").
+        args: list[str] = ["--seed", "0"]
         if self.delay_ms:
             args += ["--delay", f"{self.delay_ms:g}"]
         if self.jitter_ms:
@@ -70,8 +95,9 @@ class LinkSpec(Strict):
         return f"{rate} Mbit/s {self.delay_ms:g}±{self.jitter_ms:g} ms{loss}"
 
 
-Quota = Annotated[float, Field(gt=0)]
-SplitPoint = Annotated[int, Field(ge=1)]
+Threshold = Annotated[Number, Field(ge=0.0, le=1.0)]
+Quota = Annotated[Number, Field(ge=MIN_QUOTA)]
+SplitPoint = Annotated[Count, Field(ge=1)]
 
 
 def _no_duplicates(values: list[Any]) -> list[Any]:
@@ -86,7 +112,7 @@ def _no_duplicates(values: list[Any]) -> list[Any]:
 class GridAxes(Strict):
     """The lists whose product is the sweep; an axis left out is the deployment's own value."""
 
-    threshold: list[Probability] | None = Field(None, min_length=1, description="device exit threshold")
+    threshold: list[Threshold] | None = Field(None, min_length=1, description="device exit threshold")
     split: list[SplitPoint | None] | None = Field(None, min_length=1, description="split point; null: the frame")
     codec: list[str] | None = Field(None, min_length=1, description="activation codec with a split")
     link: list[LinkSpec | None] | None = Field(None, min_length=1, description="emulated link; null: none")
@@ -131,7 +157,7 @@ class GridAxes(Strict):
 class GridFile(Strict):
     """A grid file: frames per point and the axes."""
 
-    frames: int = Field(500, ge=1, description="frames per point")
+    frames: Count = Field(500, ge=1, description="frames per point")
     grid: GridAxes = GridAxes()
 
 
@@ -186,7 +212,7 @@ def grid_context(cfg: DeploymentConfig) -> GridContext:
     device = cfg.devices[0]
     meta = read_metadata(device.model)
     stages = build_model(str(meta["architecture"]), num_classes=len(meta["classes"])).num_stages
-    cores = len(device.cpu.cores) if device.cpu.cores else (os.cpu_count() or 1)
+    cores = len(device.cpu.cores) if device.cpu.cores else usable_cores()
     return GridContext(model=str(meta["architecture"]), stages=stages, cores=cores)
 
 

@@ -372,7 +372,7 @@ class SweepSession:
             if progress is not None and topic.endswith(health_topic):
                 try:
                     progress(int(json.loads(payload).get("answered", 0)))
-                except (ValueError, TypeError, AttributeError):
+                except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):  # e.g. Infinity
                     continue
 
 
