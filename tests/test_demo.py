@@ -14,11 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from agents.datasets import SAMPLE_TAR
 from agents.telemetry.influxd import InfluxServer
 from agents.transport.broker import BrokerProcess
+from agents.transport.envelope import Envelope, encode
+from agents.transport.images import encode_image
 from tests.harness import Watcher, edge_workers, records, spawn, write_config
 from tests.test_cli_errors import assert_one_line_error, cascade
 
@@ -63,6 +66,10 @@ def test_replayed_sensor_feeds_a_device(tmp_path: Path, broker: BrokerProcess, w
     with edge_workers(tmp_path, cfg, watcher):
         device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", name="device")
         watcher.wait_status("dev1", b"online")
+        # A frame whose number is not a number: rejected, and the device goes on to the real ones.
+        header, payload = encode_image(np.zeros((32, 32, 3), np.uint8), "png")
+        bad = Envelope({"id": "cam1-bad", "kind": "frame", "frame": "abc", **header}, payload)
+        watcher.link.publish("cascade/t/sensors/cam1/frames", encode(bad), qos=1)
         replay = spawn(tmp_path, "replay", "--config", str(cfg), "--sensor", "cam1", "--frames", "100", name="replay")
         assert replay.wait(120) == 0
         assert device.wait(120) == 0  # the replay's end marker ends the device's stream
@@ -70,6 +77,9 @@ def test_replayed_sensor_feeds_a_device(tmp_path: Path, broker: BrokerProcess, w
     assert len({r["request_id"] for r in got}) == 100
     assert all(r["label"] is not None for r in got)
     assert sum(r["correct"] for r in got) > 50
+    watcher.wait_for(lambda w: w.health.get("dev1", {}).get("done"), 30, "the device's last health")
+    counters = watcher.health["dev1"]["counters"]
+    assert counters["rejected_header"] >= 1 and counters["rejected_unexpected"] == 0, counters
 
 
 def test_demo_runs_on_the_embedded_broker_without_mosquitto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
