@@ -266,3 +266,18 @@ def test_time_bins() -> None:
     assert bins.count == 3 and list(bins.counts([0.1, 0.2, 2.5])) == [2, 0, 1]
     q = bins.percentiles([0.1, 0.2, 0.3, 2.5], [1.0, 2.0, 3.0, 9.0], (50,))
     assert q[0, 0] == 2.0 and q[0, 2] == 9.0 and q[0, 1] != q[0, 1]  # NaN where a bin is empty
+
+
+def test_infinity_in_run_files_is_not_fatal(demo_run: Path, tmp_path: Path) -> None:
+    # Python's json reads Infinity; a stamp or a time that is not finite must not end the report.
+    (tmp_path / "dev1").mkdir()
+    lines = (demo_run / "dev1" / "frames.jsonl").read_text().splitlines()
+    odd = json.loads(lines[0])
+    odd["request_id"] += "-odd"
+    odd["stamps"]["capture"] = float("inf")
+    (tmp_path / "dev1" / "frames.jsonl").write_text("\n".join([*lines, json.dumps(odd)]) + "\n")
+    (tmp_path / "dev1" / "health.jsonl").write_text(json.dumps({"time_ns": float("inf"), "agent": "dev1"}) + "\n")
+    report = build_report(tmp_path, tmp_path / "out")
+    assert report.html.exists() and report.run.start_ns() == min(
+        int(json.loads(line)["stamps"]["capture"]) for line in lines
+    )

@@ -10,6 +10,7 @@ needs is skipped and counted in :attr:`RunData.skipped`.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float (not a bool): run files are JSON that Python reads ``Infinity`` and ``NaN`` from."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_frame_record(row: dict[str, Any]) -> bool:
