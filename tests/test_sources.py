@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import types
+from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -72,3 +76,67 @@ def test_video_without_opencv_says_what_to_install(tmp_path: Path) -> None:
     else:
         with pytest.raises(UserError, match="cannot open"):
             next(open_source(cfg))
+
+
+def test_the_schedule_starts_at_the_first_frame(sample_path: Path) -> None:
+    # The first next() of a source loads its image set: seconds on a cold cache. Those
+    # seconds must not make the first frames overdue and send them in a burst.
+    cfg = _cfg(sample_path, rate="fixed", fps=20)
+
+    def slow_to_start() -> Iterator[tuple[np.ndarray, int | None]]:
+        time.sleep(0.4)
+        yield from open_source(cfg)
+
+    stamps = [f.capture_ns for f in paced(slow_to_start(), cfg, threading.Event(), limit=5)]
+    gaps = np.diff(stamps) / 1e9
+    assert gaps.min() >= 0.8 / 20, gaps
+
+
+class _FakeCapture:
+    """Stands in for cv2.VideoCapture (OpenCV is optional): a file of ``frames`` real images per pass."""
+
+    frames: ClassVar[list[np.ndarray]] = []
+    opens: ClassVar[int] = 0
+
+    def __init__(self, target: object) -> None:
+        type(self).opens += 1
+        if type(self).opens > 50:
+            raise RuntimeError("re-opened the video 50 times without yielding a frame")
+        self.left = list(self.frames)
+
+    def isOpened(self) -> bool:
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        return (True, self.left.pop(0)) if self.left else (False, None)
+
+    def release(self) -> None:
+        pass
+
+
+def _fake_cv2(monkeypatch: pytest.MonkeyPatch, frames: list[np.ndarray]) -> type[_FakeCapture]:
+    capture = type("Capture", (_FakeCapture,), {"frames": frames, "opens": 0})
+    monkeypatch.setitem(sys.modules, "cv2", types.SimpleNamespace(VideoCapture=capture))
+    return capture
+
+
+def test_a_looping_video_without_frames_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    capture = _fake_cv2(monkeypatch, [])  # a 0-frame or header-only file that OpenCV still opens
+    cfg = SourceConfig.model_validate({"kind": "video", "path": str(tmp_path / "empty.mp4"), "loop": True})
+    with pytest.raises(UserError, match="gives no frame"):
+        next(open_source(cfg))
+    assert capture.opens == 1
+
+
+def test_a_looping_video_stops_between_passes(
+    tmp_path: Path, sample: ImageSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bgr = [np.ascontiguousarray(image[:, :, ::-1]) for image in sample.images[:3]]
+    capture = _fake_cv2(monkeypatch, bgr)
+    cfg = SourceConfig.model_validate({"kind": "video", "path": str(tmp_path / "clip.mp4"), "loop": True})
+    stop = threading.Event()
+    stream = open_source(cfg, stop)
+    two_passes = [next(stream)[0] for _ in range(6)]
+    assert all(np.array_equal(image, sample.images[i % 3]) for i, image in enumerate(two_passes))
+    stop.set()
+    assert list(stream) == [] and capture.opens == 2  # the second pass ends; no third opens

@@ -55,36 +55,46 @@ def _torchvision_frames(cfg: SourceConfig) -> Iterator[tuple[np.ndarray, int | N
             return
 
 
-def _opencv_frames(cfg: SourceConfig) -> Iterator[tuple[np.ndarray, int | None]]:
+def _opencv_frames(cfg: SourceConfig, stop: threading.Event | None = None) -> Iterator[tuple[np.ndarray, int | None]]:
     try:
         import cv2
     except ImportError:
         raise UserError("video and camera sources need OpenCV: pip install 'cascade-agents[video]'") from None
     target = cfg.path if cfg.kind == "video" else cfg.camera
-    while True:
+    while stop is None or not stop.is_set():
         cap = cv2.VideoCapture(target)
         if not cap.isOpened():
             raise UserError(f"cannot open {cfg.kind} {target!r}")
+        frames = 0
         try:
             while True:
                 ok, bgr = cap.read()
                 if not ok:
                     break
+                frames += 1
                 yield np.ascontiguousarray(bgr[:, :, ::-1]), None
         finally:
             cap.release()
+        if frames == 0:
+            # OpenCV opens some files it cannot read (no frames, a header only, a codec it lacks);
+            # looping over such a file re-opened it forever without yielding once.
+            raise UserError(f"{cfg.kind} {target!r} opens but gives no frame (empty, or a codec OpenCV cannot read)")
         if not cfg.loop or cfg.kind == "camera":
             return
 
 
-def open_source(cfg: SourceConfig) -> Iterator[tuple[np.ndarray, int | None]]:
-    """The raw ``(image, label)`` stream a source config describes (sensor sources are MQTT subscriptions)."""
+def open_source(cfg: SourceConfig, stop: threading.Event | None = None) -> Iterator[tuple[np.ndarray, int | None]]:
+    """The raw ``(image, label)`` stream a source config describes (sensor sources are MQTT subscriptions).
+
+    ``stop``, when given, ends a looping video between passes: the stream itself checks it,
+    since re-opening a file happens inside it, where :func:`paced` cannot see.
+    """
     if cfg.kind == "imagefolder":
         stream = _image_set_frames(cfg)
     elif cfg.kind == "torchvision":
         stream = _torchvision_frames(cfg)
     elif cfg.kind in ("video", "camera"):
-        stream = _opencv_frames(cfg)
+        stream = _opencv_frames(cfg, stop)
     else:
         raise UserError(f"a {cfg.kind} source is not a local stream")
     return stream if cfg.limit is None else _limited(stream, cfg.limit)
@@ -122,10 +132,15 @@ def paced(
             yield Frame(index, image, label, time.time_ns())
         return
     rng = np.random.default_rng(cfg.seed + 1)
-    next_at = time.monotonic()
+    next_at: float | None = None
     for index, (image, label) in enumerate(stream):
         if stop.is_set() or (limit is not None and index >= limit):
             return
+        if next_at is None:
+            # The schedule starts when the first frame arrives, not before it is asked for: the
+            # first next(stream) is where an image set is loaded (seconds on a cold cache), and
+            # counting those seconds made the first frames "overdue" and sent them in a burst.
+            next_at = time.monotonic()
         gap = 1.0 / cfg.fps if cfg.rate == "fixed" else float(rng.exponential(1.0 / cfg.fps))
         next_at += gap
         if wait(max(0.0, next_at - time.monotonic())):
