@@ -144,7 +144,8 @@ class DeviceAgent(Agent):
     def _frames(self) -> Iterator[Frame]:
         src = self.dcfg.source
         if src.kind != "sensor":
-            frames = paced(open_source(src), src, self.stop, self.frames_limit, wait=self._between_frames)
+            stream = open_source(src, self.stop, self.net.meta["classes"])  # labels numbered as the model's classes
+            frames = paced(stream, src, self.stop, self.frames_limit, wait=self._between_frames)
             if self._skew_ns:  # the local capture is on this agent's (skewed) clock, like its other stamps
                 frames = (replace(f, capture_ns=f.capture_ns + self._skew_ns) for f in frames)
             yield from frames

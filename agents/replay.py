@@ -7,12 +7,27 @@ from typing import Any
 
 from agents.config import DeploymentConfig
 from agents.errors import UserError
+from agents.models.checkpoint import read_metadata
 from agents.runtime import Agent
 from agents.sources.base import open_source, paced
 from agents.transport.envelope import Envelope, encode
 from agents.transport.images import encode_image
 
 log = logging.getLogger(__name__)
+
+
+def consumer_classes(cfg: DeploymentConfig, sensor_id: str) -> list[str] | None:
+    """The class names of the models of the devices this sensor feeds, to number its labels by.
+
+    A device scores its answers by comparing label and prediction numbers, so the sensor must
+    number its labels as the device's model does. None when no device of the config takes this
+    sensor (labels as the image set numbers them); a UserError when its devices disagree.
+    """
+    refs = {d.model for d in cfg.devices if d.source.kind == "sensor" and d.source.sensor == sensor_id}
+    lists = {tuple(read_metadata(ref)["classes"]) for ref in refs}
+    if len(lists) > 1:
+        raise UserError(f"the devices fed by sensor {sensor_id!r} have models with different classes: {sorted(lists)}")
+    return list(lists.pop()) if lists else None
 
 
 class Replayer(Agent):
@@ -41,7 +56,9 @@ class Replayer(Agent):
             log.warning("sensor %s: broker not reachable yet; frames are queued until it is", self.id)
         topic = self.topics.frames(self.id)
         src = self.scfg.source
-        for frame in paced(open_source(src), src, self.stop, self.frames):
+        for frame in paced(
+            open_source(src, self.stop, consumer_classes(self.cfg, self.id)), src, self.stop, self.frames
+        ):
             header, payload = encode_image(frame.image, self.scfg.encoding)
             env = Envelope(
                 {"id": f"{self.id}-{frame.index:08d}", "kind": "frame", "frame": frame.index, **header},

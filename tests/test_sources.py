@@ -17,6 +17,8 @@ from agents.config import SourceConfig
 from agents.datasets import ImageSet
 from agents.errors import UserError
 from agents.sources import open_source, paced
+from agents.transport.broker import BrokerProcess
+from tests.harness import records, spawn, write_config
 
 
 def _cfg(sample_path: Path, **kw: object) -> SourceConfig:
@@ -140,3 +142,43 @@ def test_a_looping_video_stops_between_passes(
     assert all(np.array_equal(image, sample.images[i % 3]) for i, image in enumerate(two_passes))
     stop.set()
     assert list(stream) == [] and capture.opens == 2  # the second pass ends; no third opens
+
+
+def _two_classes(tmp_path: Path, sample: ImageSet) -> Path:
+    """An ImageFolder of the sample's cats and dogs only: its own numbering is cat 0, dog 1."""
+    from PIL import Image
+
+    root = tmp_path / "catdog"
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        index = sample.classes.index(name)
+        for k, image in enumerate(sample.images[sample.labels == index][:10]):
+            Image.fromarray(image).save(root / name / f"{k:03d}.png")
+    return root
+
+
+def test_labels_are_numbered_as_the_models_classes(tmp_path: Path, sample: ImageSet) -> None:
+    from agents.datasets.loading import CIFAR10_CLASSES
+
+    cfg = _cfg(_two_classes(tmp_path, sample))
+    own = {int(f.label or 0) for f in paced(open_source(cfg), cfg, threading.Event(), limit=20)}
+    assert own == {0, 1}
+    stream = open_source(cfg, classes=CIFAR10_CLASSES)
+    labels = {int(f.label or 0) for f in paced(stream, cfg, threading.Event(), limit=20)}
+    assert labels == {CIFAR10_CLASSES.index("cat"), CIFAR10_CLASSES.index("dog")} == {3, 5}
+    with pytest.raises(UserError, match=r"classes \['dog'\] are not among the model's"):
+        next(open_source(cfg, classes=("airplane", "cat")))
+
+
+def test_a_device_scores_a_set_that_lacks_classes_by_name(
+    tmp_path: Path, sample: ImageSet, broker: BrokerProcess
+) -> None:
+    # The device's own records: labels as the model numbers its classes, so the accuracy is real.
+    root = _two_classes(tmp_path, sample)
+    source = {"kind": "imagefolder", "path": str(root)}
+    cfg = write_config(tmp_path, broker, devices=[{"id": "dev1", "threshold": 0.0, "threads": 1, "source": source}])
+    device = spawn(tmp_path, "device", "--config", str(cfg), "--id", "dev1", "--frames", "20", name="device")
+    assert device.wait(120) == 0
+    got = records(tmp_path)
+    assert len(got) == 20 and {r["label"] for r in got} == {3, 5}
+    assert sum(r["correct"] for r in got) >= 10  # device-small gets most right; numbered 0 and 1, almost none

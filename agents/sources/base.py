@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,18 +24,35 @@ class Frame:
     capture_ns: int
 
 
-def _image_set_frames(cfg: SourceConfig) -> Iterator[tuple[np.ndarray, int | None]]:
+def label_map(names: Sequence[str], classes: Sequence[str] | None, source: str) -> list[int] | None:
+    """For a set whose labels index ``names``: each label's index in ``classes`` (None: keep them as they are).
+
+    A set's label numbers come from the class folders it holds, in sorted order: one without
+    ``airplane`` numbers ``cat`` 2, not 3. Compared with a model's predictions they must be
+    numbered as the model's classes are, by name. A name the model lacks is a UserError.
+    """
+    if classes is None:
+        return None
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise UserError(f"{source}: classes {unknown} are not among the model's {list(classes)}")
+    return [list(classes).index(n) for n in names]
+
+
+def _image_set_frames(cfg: SourceConfig, classes: Sequence[str] | None) -> Iterator[tuple[np.ndarray, int | None]]:
     data = load_image_set(str(cfg.path))
+    mapping = label_map(data.classes, classes, str(cfg.path))
     rng = np.random.default_rng(cfg.seed)
     while True:
         order = rng.permutation(len(data)) if cfg.shuffle else np.arange(len(data))
         for i in order:
-            yield data.images[i], int(data.labels[i])
+            label = int(data.labels[i])
+            yield data.images[i], label if mapping is None else mapping[label]
         if not cfg.loop:
             return
 
 
-def _torchvision_frames(cfg: SourceConfig) -> Iterator[tuple[np.ndarray, int | None]]:
+def _torchvision_frames(cfg: SourceConfig, classes: Sequence[str] | None) -> Iterator[tuple[np.ndarray, int | None]]:
     from torchvision import datasets
 
     cls = getattr(datasets, str(cfg.dataset), None)
@@ -45,12 +62,14 @@ def _torchvision_frames(cfg: SourceConfig) -> Iterator[tuple[np.ndarray, int | N
         ds = cls(root=cfg.root or "data", train=cfg.train, download=cfg.download)
     except (RuntimeError, OSError) as exc:
         raise UserError(f"torchvision {cfg.dataset} at {cfg.root or 'data'}: {exc} (set download: true?)") from None
+    names = getattr(ds, "classes", None)  # not every dataset names its classes (SVHN): then numbers as they are
+    mapping = label_map([str(n) for n in names], classes, str(cfg.dataset)) if names else None
     rng = np.random.default_rng(cfg.seed)
     while True:
         order = rng.permutation(len(ds)) if cfg.shuffle else np.arange(len(ds))
         for i in order:
             image, label = ds[int(i)]
-            yield np.asarray(image.convert("RGB"), dtype=np.uint8), int(label)
+            yield np.asarray(image.convert("RGB"), dtype=np.uint8), int(label) if mapping is None else mapping[label]
         if not cfg.loop:
             return
 
@@ -83,16 +102,19 @@ def _opencv_frames(cfg: SourceConfig, stop: threading.Event | None = None) -> It
             return
 
 
-def open_source(cfg: SourceConfig, stop: threading.Event | None = None) -> Iterator[tuple[np.ndarray, int | None]]:
+def open_source(
+    cfg: SourceConfig, stop: threading.Event | None = None, classes: Sequence[str] | None = None
+) -> Iterator[tuple[np.ndarray, int | None]]:
     """The raw ``(image, label)`` stream a source config describes (sensor sources are MQTT subscriptions).
 
     ``stop``, when given, ends a looping video between passes: the stream itself checks it,
-    since re-opening a file happens inside it, where :func:`paced` cannot see.
+    since re-opening a file happens inside it, where :func:`paced` cannot see. ``classes``,
+    when given, numbers the labels as those class names are numbered (:func:`label_map`).
     """
     if cfg.kind == "imagefolder":
-        stream = _image_set_frames(cfg)
+        stream = _image_set_frames(cfg, classes)
     elif cfg.kind == "torchvision":
-        stream = _torchvision_frames(cfg)
+        stream = _torchvision_frames(cfg, classes)
     elif cfg.kind in ("video", "camera"):
         stream = _opencv_frames(cfg, stop)
     else:
