@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.models.checkpoint import save_checkpoint
+from agents.cli import main
+from agents.models.checkpoint import SHIPPED_DIR, save_checkpoint
 from agents.models.zoo import build_model
 
 
@@ -98,3 +100,52 @@ def test_acl_workers_must_name_a_tier(tmp_path: Path) -> None:
         "user monitor",
     ]
     assert not [line for line in out.read_text().splitlines() if line.startswith("pattern ")]
+
+
+def cascade_here(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``cascade`` run in this process (no second torch import): an exception escaping main fails the test."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["cascade", *args], code, out, err)
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        # Without the checks: 16 epochs for --epochs 0, 10 images for --limit -990, 995 for --limit -5,
+        # and a RuntimeError traceback for --threads -1.
+        (["train", "--epochs", "0"], "--epochs must be a positive integer, got 0"),
+        (["train", "--epochs", "1", "--limit", "-990"], "--limit must be a positive integer, got -990"),
+        (["eval", "--limit", "-5"], "--limit must be a positive integer, got -5"),
+        (["eval", "--threads", "-1"], "--threads must be a positive integer, got -1"),
+    ],
+)
+def test_counts_that_are_not_positive(
+    flags: list[str], needle: str, tmp_path: Path, sample_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command, *rest = flags
+    if command == "train":  # should the check fail, a tiny run rather than the recipe's 16 epochs
+        rest += ["--out", str(tmp_path / "out"), "--val", "", "--batch-size", "16"]
+    else:
+        rest += ["--no-latency"]
+    proc = cascade_here(capsys, command, "--model", "device-small", "--data", str(sample_path), *rest)
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_hand_edited_checkpoint_metadata(tmp_path: Path, sample_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = SHIPPED_DIR / "device-small"
+    shutil.copy(src / "device-small.safetensors", tmp_path / "device-small.safetensors")
+    meta = json.loads((src / "device-small.json").read_text())
+    for e in meta["exits"]:
+        e["temperature"] = 0  # used to run, with NaN probabilities: 12 % accuracy
+    (tmp_path / "device-small.json").write_text(json.dumps(meta))
+    proc = cascade_here(capsys, "eval", "--model", str(tmp_path), "--data", str(sample_path), "--no-latency")
+    assert_one_line_error(proc, "device-small.json", "exits[0].temperature", "> 0")
+
+
+def test_garbage_training_state(tmp_path: Path, sample_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "train_state.pt").write_bytes(b"not a state")
+    args = ["--data", str(sample_path), "--out", str(tmp_path), "--val", "", "--epochs", "1", "--limit", "16"]
+    proc = cascade_here(capsys, "train", "--model", "device-small", *args)
+    assert_one_line_error(proc, "train_state.pt", "not a training state this version of cascade wrote")

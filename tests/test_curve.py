@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from agents.evaluation.curve import cascade_curve, exit_choice
+from agents.evaluation.curve import calibrated_probs, cascade_curve, exit_choice
 from agents.models.calibration import expected_calibration_error, fit_temperature
 
 
@@ -38,3 +39,12 @@ def test_temperature_scaling_fixes_overconfidence() -> None:
     before = expected_calibration_error(overconfident.softmax(1), sampled)
     after = expected_calibration_error((overconfident / t).softmax(1), sampled)
     assert after < before / 3
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_calibrated_probs_refuses_a_temperature_that_is_not_positive(bad: float) -> None:
+    # Dividing by zero gave NaN probabilities, which no threshold passes: a silent 12 % accuracy.
+    logits = [torch.randn(4, 10), torch.randn(4, 10)]
+    with pytest.raises(ValueError, match="finite and > 0"):
+        calibrated_probs(logits, torch.tensor([1.0, bad]))
+    assert all(torch.isfinite(p).all() for p in calibrated_probs(logits, torch.tensor([0.5, 2.0])))

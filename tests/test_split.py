@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from agents.datasets import SAMPLE_TAR, load_image_set
-from agents.models.checkpoint import load_checkpoint, save_checkpoint
+from agents.models.checkpoint import file_digest, load_checkpoint, save_checkpoint
 from agents.models.inference import exit_logits
 from agents.models.inputs import to_input
 from agents.models.zoo import build_model
@@ -63,6 +64,9 @@ def _altered_copy(tmp: Path, name: str, alter: Callable[[dict[str, torch.Tensor]
     state = load_file(str(weights))
     alter(state)
     save_file(state, str(weights), metadata={"architecture": "device-small"})
+    meta_path = copy / "device-small.json"  # the weights changed on purpose: record their new digest
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "sha256": file_digest(weights)}, indent=2))
     return copy
 
 

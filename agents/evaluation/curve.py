@@ -7,6 +7,7 @@ reaches the threshold; the last exit of the last model answers whatever is left.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,8 +35,12 @@ class CurvePoint:
 
 
 def calibrated_probs(logits: list[Tensor], temperatures: Tensor) -> list[Tensor]:
-    """Softmax of each exit's logits divided by that exit's temperature."""
-    return [(lg / float(t)).softmax(dim=1) for lg, t in zip(logits, temperatures, strict=True)]
+    """Softmax of each exit's logits divided by that exit's temperature (each finite and > 0)."""
+    temps = [float(t) for t in temperatures]
+    # Zero gives NaN probabilities that no threshold ever passes: a silent 10 % accuracy, not an error.
+    if not all(math.isfinite(t) and t > 0 for t in temps):
+        raise ValueError(f"temperatures must be finite and > 0, got {temps}")
+    return [(lg / t).softmax(dim=1) for lg, t in zip(logits, temps, strict=True)]
 
 
 def exit_choice(probs: list[Tensor], threshold: float) -> Tensor:

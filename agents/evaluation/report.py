@@ -23,7 +23,10 @@ from agents.models.stats import model_stats
 
 def limit_images(data: ImageSet, limit: int | None, seed: int = 0) -> ImageSet:
     """The first ``limit`` images of a seeded shuffle (all of them, in order, without a limit)."""
-    if not limit or limit >= len(data):
+    if limit is not None and limit < 1:
+        # A negative count would slice from the end: --limit -5 evaluated all but five images.
+        raise UserError(f"--limit must be a positive integer, got {limit}")
+    if limit is None or limit >= len(data):
         return data
     pick = np.random.default_rng(seed).permutation(len(data))[:limit]
     return data.subset(np.sort(pick))
@@ -143,7 +146,11 @@ def plot_curve(result: dict[str, Any], path: Path) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """The ``cascade eval`` command."""
-    if args.threads:
+    # Checked before the data loads: a bad flag should not cost a decode of 50,000 images first.
+    for flag, value in (("--limit", args.limit), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     data = limit_images(load_image_set(args.data), args.limit)
     if args.split:

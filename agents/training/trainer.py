@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import sys
 import time
@@ -136,29 +137,86 @@ def _history_from_checkpoint(out: Path, model: str) -> list[dict[str, Any]]:
     meta_path = out / f"{model}.json"
     if not meta_path.exists():
         return []
-    training = json.loads(meta_path.read_text()).get("training", {})
-    if "invocations" in training:
+    try:
+        training = json.loads(meta_path.read_text()).get("training", {})
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return []  # history is a record, not something training needs: an unreadable one starts afresh
+    if not isinstance(training, dict):
+        return []
+    if isinstance(training.get("invocations"), list):
         return list(training["invocations"])
     return [{"command": training.get("command", ""), "from_epoch": 0, "to_epoch": training.get("epochs")}]
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """A :class:`UserError` for any setting no run could use, before anything is loaded or written.
+
+    ``None`` means "the recipe's value" (or "all images", "all cores"); anything else is taken
+    as given, so 0 is refused rather than quietly read as "not set".
+    """
+    for flag, value in (
+        ("--epochs", cfg.epochs),
+        ("--batch-size", cfg.batch_size),
+        ("--limit", cfg.limit),
+        ("--threads", cfg.threads),
+    ):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
+    if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UserError(f"--lr must be a finite number > 0, got {cfg.lr}")
+    if cfg.seed < 0:  # numpy's generators take no negative seed
+        raise UserError(f"--seed must be 0 or more, got {cfg.seed}")
+
+
+def _load_state(state_path: Path, model_name: str) -> dict[str, Any]:
+    """The training state saved in ``state_path``, checked to be one this version wrote for ``model_name``."""
+    not_ours = f"{state_path}: not a training state this version of cascade wrote"
+    try:
+        # weights_only refuses anything but tensors and plain containers: never unpickle arbitrary bytes.
+        loaded = torch.load(state_path, weights_only=True)
+    # Bad bytes surface as any of a dozen exception types (UnpicklingError, RuntimeError from the zip
+    # reader, EOFError, KeyError, ...); all of them mean the same thing here.
+    # Only the exception's type is shown: torch's texts run to paragraphs, and its weights_only one
+    # suggests loading with weights_only=False, which is exactly what must not happen to this file.
+    except Exception as exc:
+        raise UserError(f"{not_ours} ({type(exc).__name__}); delete it to start afresh or use another --out") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{not_ours} (not a dict); delete it to start afresh or use another --out")
+    state: dict[str, Any] = loaded
+    shape_ok = (
+        isinstance(state.get("model_name"), str)
+        and isinstance(state.get("model"), dict)
+        and isinstance(state.get("optimizer"), dict)
+        and isinstance(state.get("epoch"), int)
+        and not isinstance(state["epoch"], bool)
+        and state["epoch"] >= 0
+        and isinstance(state.get("wall"), (int, float))
+        and isinstance(state.get("history", []), list)
+    )
+    if not shape_ok:
+        raise UserError(f"{not_ours} (unexpected contents); delete it to start afresh or use another --out")
+    if state["model_name"] != model_name:
+        raise UserError(f"{state_path}: holds a run of {state['model_name']!r}, not {model_name!r}; use another --out")
+    return state
 
 
 def train(cfg: TrainConfig) -> Path:
     """Train ``cfg.model`` on ``cfg.data``; calibrate on ``cfg.val``; write a checkpoint into ``cfg.out``."""
     entry = zoo_entry(cfg.model)
+    check_config(cfg)
     recipe = entry.recipe
-    epochs = cfg.epochs or recipe.epochs
-    batch_size = cfg.batch_size or recipe.batch_size
-    peak_lr = cfg.lr or recipe.lr
-    if epochs < 1 or batch_size < 1:
-        raise UserError(f"--epochs and --batch-size must be positive, got {epochs} and {batch_size}")
-    if cfg.threads:
+    # "is None", not "or": an explicit value is never replaced by the recipe's (check_config refused 0).
+    epochs = recipe.epochs if cfg.epochs is None else cfg.epochs
+    batch_size = recipe.batch_size if cfg.batch_size is None else cfg.batch_size
+    peak_lr = recipe.lr if cfg.lr is None else cfg.lr
+    if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
     train_set = load_image_set(cfg.data)
-    if cfg.limit:
+    if cfg.limit is not None:
         pick = np.random.default_rng(cfg.seed).permutation(len(train_set))[: cfg.limit]
         train_set = train_set.subset(np.sort(pick))
     val_set = load_image_set(cfg.val) if cfg.val else None
@@ -188,16 +246,26 @@ def train(cfg: TrainConfig) -> Path:
     history: list[dict[str, Any]] = []
     state_path = out / STATE_FILE
     if state_path.exists():
-        # Our own file, written below; weights_only refuses anything but tensors and plain containers.
-        state = torch.load(state_path, weights_only=True)
-        if state["model_name"] != cfg.model:
+        state = _load_state(state_path, cfg.model)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            history = [json.loads(h) for h in state.get("history", [])]
+        # A state of the same architecture can still not fit: other classes, another optimizer layout.
+        except (RuntimeError, ValueError, KeyError, TypeError):
             raise UserError(
-                f"{state_path}: holds a run of {state['model_name']!r}, not {cfg.model!r}; use another --out"
+                f"{state_path}: its weights or optimizer state do not fit this run of {cfg.model!r} "
+                f"with {len(train_set.classes)} classes; use another --out"
+            ) from None
+        if not all(isinstance(h, dict) for h in history):
+            raise UserError(f"{state_path}: not a training state this version of cascade wrote (history)")
+        history = history or _history_from_checkpoint(out, cfg.model)
+        start_epoch, wall = state["epoch"], float(state["wall"])
+        if start_epoch > epochs:
+            raise UserError(
+                f"{state_path}: this run already trained {start_epoch} epochs, more than --epochs {epochs}; "
+                f"give --epochs {start_epoch} or more, or another --out"
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, wall = int(state["epoch"]), float(state["wall"])
-        history = [json.loads(h) for h in state.get("history", [])] or _history_from_checkpoint(out, cfg.model)
         log.info("resuming %s from epoch %d in %s", cfg.model, start_epoch, out)
 
     history.append({"command": cfg.command, "from_epoch": start_epoch, "to_epoch": epochs})
