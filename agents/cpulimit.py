@@ -120,6 +120,7 @@ def _cgroup_quota(quota: float, group: str, root: Path) -> None:
         if (v1 / "cpu.cfs_quota_us").exists():
             path = v1 / "cascade" / group
             path.mkdir(parents=True, exist_ok=True)
+            remove_stale_groups(path.parent)
             (path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
             (path / "cpu.cfs_quota_us").write_text(str(quota_us))
             parent_procs = v1 / "cgroup.procs"
@@ -130,6 +131,7 @@ def _cgroup_quota(quota: float, group: str, root: Path) -> None:
                 (base / "cgroup.subtree_control").write_text("+cpu")
             path = base / group
             path.mkdir(exist_ok=True)
+            remove_stale_groups(base)
             (path / "cpu.max").write_text(f"{quota_us} {PERIOD_US}")
             parent_procs = root / "cgroup.procs"
         else:
@@ -141,12 +143,34 @@ def _cgroup_quota(quota: float, group: str, root: Path) -> None:
     except PermissionError as exc:
         raise UserError(
             f"a CPU quota needs write access to the cgroup hierarchy ({exc.filename}): run the agent as root, "
-            "or under systemd with CPUQuota= (systemd-run --scope -p CPUQuota=50% cascade device ...), "
-            "or delegate a cgroup subtree to this user"
+            "or under systemd with CPUQuota= (systemd-run --scope -p CPUQuota=50% cascade device ...)"
         ) from None
     except OSError as exc:
         raise UserError(f"cannot set the CPU quota through {root}: {exc}") from None
     atexit.register(_leave, path, parent_procs)
+
+
+def remove_stale_groups(base: Path) -> None:
+    """Remove the groups under ``base`` of agents that are gone (``<name>-<pid>``, that pid not running).
+
+    An agent leaves its group at exit; one killed outright (SIGKILL, the OOM killer) cannot, and its
+    empty group stays behind. The kernel refuses to remove a group that still holds a process.
+    """
+    for group in base.iterdir():
+        pid = group.name.rsplit("-", 1)[-1]
+        if group.is_dir() and pid.isdigit() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _leave(path: Path, parent_procs: Path) -> None:

@@ -111,3 +111,16 @@ def test_cli_refuses_an_impossible_quota(tmp_path: Path, broker: BrokerProcess) 
     cfg = write_config(tmp_path, broker)
     proc = cascade("device", "--config", str(cfg), "--id", "dev1", "--frames", "1", "--cpu-quota", "64")
     assert_one_line_error(proc, "CPU quota 64", "more than the", "core(s) this process may use")
+
+
+def test_groups_of_agents_that_are_gone_are_removed(tmp_path: Path) -> None:
+    # An agent killed outright cannot leave its group; the next agent to set a quota removes it.
+    # (On cgroupfs an empty group's control files do not keep rmdir from working; here they are plain files.)
+    root = _fake_v2(tmp_path / "v2")
+    base = root / "cascade"
+    (base / "device-gone-999999999").mkdir(parents=True)  # no such pid
+    (base / f"device-alive-{os.getppid()}").mkdir()
+    apply_limits(CpuLimits(quota=0.5), "device-dev1", root=root)
+    left = sorted(p.name for p in base.iterdir())
+    assert "device-gone-999999999" not in left
+    assert f"device-alive-{os.getppid()}" in left and f"device-dev1-{os.getpid()}" in left
