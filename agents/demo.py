@@ -7,7 +7,6 @@ mosquitto on a free loopback port and a fresh run directory.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -15,11 +14,8 @@ import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import yaml
@@ -30,6 +26,7 @@ from agents.config import DeploymentConfig, format_errors, load_config
 from agents.datasets import SAMPLE_TAR
 from agents.errors import UserError
 from agents.records import read_records
+from agents.signals import sigterm_exits
 from agents.summary import format_summary, summarize
 from agents.telemetry.influx import InfluxTarget, create_database, influx_query, influx_target
 from agents.transport.broker import BrokerProcess, start_any_broker
@@ -79,36 +76,6 @@ def demo_config(base: Path, run_dir: Path, broker: BrokerProcess, args: argparse
     except ValidationError as exc:  # a flag out of range (--threshold 1.5, --codec bogus): one line, not a traceback
         raise UserError(f"the options do not fit {format_errors(base, exc)}") from None
     return raw
-
-
-@contextlib.contextmanager
-def sigterm_exits() -> Iterator[None]:
-    """While inside, SIGTERM raises ``SystemExit(143)`` in the main thread; the previous handler is restored after.
-
-    The commands that start a broker and agents stop them in ``finally:``, which the default
-    SIGTERM action (exit at once) skips: ``kill``, systemd or a CI timeout would leave them
-    running. Only the first SIGTERM raises: a second one must not cut that cleanup short.
-    """
-    if threading.current_thread() is not threading.main_thread():  # signal handlers are the main thread's alone
-        yield
-        return
-    fired = False
-
-    def _exit(signum: int, _frame: FrameType | None) -> None:
-        nonlocal fired
-        if not fired:
-            fired = True
-            raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    except SystemExit:
-        if fired:
-            print("cascade: terminated; its broker and agents are stopped", file=sys.stderr)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _prepare_influx(cfg: DeploymentConfig) -> InfluxTarget | None:

@@ -10,13 +10,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from agents.config import DeploymentConfig, link_settings
 from agents.cpulimit import CpuLimits
 from agents.errors import UserError
-from agents.models.checkpoint import file_digest, load_checkpoint, temperatures
+from agents.models.checkpoint import load_checkpoint, temperatures
 from agents.models.staged import StagedModel
 from agents.telemetry.bandwidth import BandwidthEstimate, BandwidthProbe, ProbeReceiver
 from agents.telemetry.clock import ClockEstimate, ClockSync, pong
@@ -46,8 +45,8 @@ class CalibratedModel:
         self.model, self.meta = load_checkpoint(ref)
         self.temperatures = temperatures(self.meta, self.model.num_exits)
         self.name = self.model.name
-        # Of the weights actually loaded, so a swapped file cannot pass for the recorded one.
-        self.digest = file_digest(Path(self.meta["_path"]).parent / self.meta["weights"])[:16]
+        # Of the bytes load_checkpoint loaded, so a swapped file cannot pass for the recorded one.
+        self.digest = str(self.meta["_weights_sha256"])[:16]
 
 
 class Agent:

@@ -213,13 +213,13 @@ def load_checkpoint(ref: str | Path) -> tuple[StagedModel, dict[str, Any]]:
         raw = weights.read_bytes()
     except OSError as exc:
         raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from exc
-    if "sha256" in meta:
-        digest = hashlib.sha256(raw).hexdigest()
-        if digest != meta["sha256"]:
-            raise CheckpointError(
-                f"{weights}: SHA-256 {digest[:16]}... differs from the sha256 recorded in {path.name} "
-                f"({meta['sha256'][:16]}...): the weights were changed or corrupted"
-            )
+    digest = hashlib.sha256(raw).hexdigest()
+    meta["_weights_sha256"] = digest  # of the bytes loaded, for the agents' run records
+    if "sha256" in meta and digest != meta["sha256"]:
+        raise CheckpointError(
+            f"{weights}: SHA-256 {digest[:16]}... differs from the sha256 recorded in {path.name} "
+            f"({meta['sha256'][:16]}...): the weights were changed or corrupted"
+        )
     try:
         state = load_bytes(raw)
     except (SafetensorError, ValueError) as exc:

@@ -23,10 +23,11 @@ from typing import Any
 from tqdm import tqdm
 
 from agents.config import load_config
-from agents.demo import DEMO_CONFIG, sigterm_exits
+from agents.demo import DEMO_CONFIG
 from agents.errors import UserError
 from agents.profiling.steadiness import SpeedMeter, unsteady
 from agents.report.rundir import read_jsonl
+from agents.signals import sigterm_exits
 from agents.sweep.grid import Point, grid_context, grid_points, load_grid
 from agents.sweep.plots import draw_plots
 from agents.sweep.runner import SweepSession, SweepSettings
